@@ -1,0 +1,1 @@
+"""Benchmark harness for negative guidance in diffusion models: CLI, sampler, tasks, runner."""

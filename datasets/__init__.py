@@ -1,0 +1,1 @@
+"""Data sources and model bundles (this package deliberately shadows Hugging Face `datasets`)."""

@@ -1,0 +1,69 @@
+"""Dynamic Negative Guidance (Koulischer et al. 2025, Algorithms 1 and 2).
+
+The guidance scale is lam_t = scale * p / (1 - p), where p is a per-sample posterior of the
+negative concept tracked along the chain from the unguided and negative means; the posterior
+of the previous step guides the current one (the paper's staggered update).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bench.schedule import Step
+from methods.base import GuidanceMethod, Params, Predictions, State, per_sample
+
+VARIANCES = ("beta_tilde", "beta")
+
+
+@dataclass(frozen=True)
+class DNGParams(Params):
+    scale: float = 5.0  # lam0 of the paper
+    prior: float = 0.25
+    tau: float = 0.25  # temperature on the distance difference
+    delta: float = 0.0  # offset biasing the posterior upwards
+    p_min: float = 1e-6
+    p_max: float = 0.99
+    variance: str = "beta_tilde"  # sigma^2 of the update: reference code "beta_tilde", Algorithm 2 "beta"
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.prior < 1.0:
+            raise ValueError(f"prior must be in (0, 1), got {self.prior}")
+        if not 0.0 < self.p_min < self.p_max < 1.0:
+            raise ValueError(f"need 0 < p_min < p_max < 1, got p_min={self.p_min}, p_max={self.p_max}")
+        if self.variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
+
+
+class DynamicNegativeGuidance(GuidanceMethod):
+    name = "dng"
+    summary = "Dynamic Negative Guidance: scale * p/(1-p) with a posterior tracked along the chain"
+    Params = DNGParams
+
+    def init_state(self, batch: int, like: torch.Tensor) -> State:
+        log_p = torch.full((batch,), math.log(self.params.prior), dtype=torch.float64, device=like.device)
+        return self._with_scale(log_p, like.dtype)
+
+    def guide(self, step: Step, preds: Predictions, state: State) -> tuple[torch.Tensor, State]:
+        eps_u, eps_n = preds["uncond"], preds["neg"]
+        lam = per_sample(state["guidance_scale"], eps_u)
+        return eps_u - lam * (eps_n - eps_u), state
+
+    def observe(self, step: Step, x: torch.Tensor, x_prev: torch.Tensor, preds: Predictions, state: State) -> State:
+        p = self.params
+        sigma2 = step.beta_tilde if p.variance == "beta_tilde" else step.beta
+        if sigma2 <= 0.0:  # the last step adds no noise: the likelihood ratio is undefined
+            return state
+        mu_u, mu_n = step.mean(x, preds["uncond"]), step.mean(x, preds["neg"])
+        diff = ((x_prev - mu_n) ** 2).flatten(1).sum(1) - ((x_prev - mu_u) ** 2).flatten(1).sum(1)
+        log_p = state["log_posterior"] + (-p.tau * diff.double() + p.delta) / (2.0 * sigma2)
+        log_p = log_p.clamp(math.log(p.p_min), math.log(p.p_max))
+        return self._with_scale(log_p, x.dtype)
+
+    def _with_scale(self, log_p: torch.Tensor, dtype: torch.dtype) -> State:
+        posterior = log_p.exp()
+        # p/(1-p) in log space: p never exceeds p_max < 1, so the odds stay finite.
+        odds = torch.exp(log_p - torch.log1p(-posterior))
+        return {"log_posterior": log_p, "posterior": posterior.to(dtype), "guidance_scale": (self.params.scale * odds).to(dtype)}

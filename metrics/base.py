@@ -1,0 +1,42 @@
+"""What every metric records: its value, direction and the sample count behind it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    higher_is_better: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    name: str
+    value: float
+    higher_is_better: bool
+    samples: int
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "value": self.value, "higher_is_better": self.higher_is_better, "samples": self.samples}
+
+
+_INFOS = [
+    MetricInfo("forbidden_rate", False, "share of samples the judge assigns to the removed class or mode"),
+    MetricInfo("kl_classes", False, "KL(target || generated) of the class histogram; target uniform over the kept classes (exact tasks: the kept modes' weights); generated counts smoothed by +0.5"),
+    MetricInfo("wasserstein", False, "Wasserstein-1 between samples and the exact target distribution (1D exact; 2D sliced over 64 directions)"),
+    MetricInfo("posterior_mae", False, "mean |tracked - exact| posterior of the removed mode over the trajectory (methods that track one)"),
+    MetricInfo("fid", False, "Frechet Inception distance to the data without the removed class (torch-fidelity features)"),
+    MetricInfo("fid_all", False, "Frechet Inception distance to all the data, removed class included"),
+    MetricInfo("fid_classifier", False, "Frechet distance in the task classifier's feature space, data without the removed class"),
+    MetricInfo("clip_related", True, "CLIP cosine between guided and unguided images, related negative prompt (raw cosine)"),
+    MetricInfo("clip_unrelated", True, "CLIP cosine between guided and unguided images, unrelated negative prompt (raw cosine)"),
+    MetricInfo("q", True, "Q = CS(unguided, unrelated) - CS(unguided, related) (paper Eq. 22)"),
+]
+METRICS: dict[str, MetricInfo] = {info.name: info for info in _INFOS}
+
+
+def metric(name: str, value: float, samples: int) -> MetricValue:
+    """A MetricValue with the registered direction of `name`."""
+    return MetricValue(name, float(value), METRICS[name].higher_is_better, int(samples))

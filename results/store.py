@@ -1,0 +1,217 @@
+"""DuckDB store of runs, metrics, traces and class histograms.
+
+One process writes at a time: a writer opens the file, writes a whole run in one transaction
+and closes it, so readers (the dashboard, `bench leaderboard`) are locked out only briefly.
+DuckDB lets a single process hold a file read-write, so both sides retry while it is busy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pandas as pd
+
+DEFAULT_DB = Path("bench-data") / "bench.duckdb"
+LOCK_WAIT_SECONDS = 60.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    task VARCHAR NOT NULL,
+    task_version VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    params VARCHAR NOT NULL,
+    profile VARCHAR,
+    seed BIGINT NOT NULL,
+    samples BIGINT NOT NULL,
+    steps INTEGER NOT NULL,
+    sweep_id VARCHAR,
+    config VARCHAR NOT NULL,
+    git_commit VARCHAR,
+    packages VARCHAR,
+    timings VARCHAR,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    wall_seconds DOUBLE,
+    status VARCHAR NOT NULL,
+    artifacts_dir VARCHAR
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR NOT NULL,
+    name VARCHAR NOT NULL,
+    value DOUBLE,
+    higher_is_better BOOLEAN NOT NULL,
+    samples BIGINT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS traces (
+    run_id VARCHAR NOT NULL,
+    name VARCHAR NOT NULL,
+    row_index INTEGER NOT NULL,
+    t INTEGER NOT NULL,
+    mean DOUBLE, q05 DOUBLE, q25 DOUBLE, q50 DOUBLE, q75 DOUBLE, q95 DOUBLE,
+    PRIMARY KEY (run_id, name, row_index)
+);
+CREATE TABLE IF NOT EXISTS class_counts (
+    run_id VARCHAR NOT NULL,
+    class_index INTEGER NOT NULL,
+    count BIGINT NOT NULL,
+    PRIMARY KEY (run_id, class_index)
+);
+"""
+TABLES = ("runs", "metrics", "traces", "class_counts")
+
+
+def default_db_path() -> Path:
+    """`BENCH_DB` if set, else ./bench-data/bench.duckdb."""
+    return Path(os.environ.get("BENCH_DB", DEFAULT_DB))
+
+
+@dataclass
+class RunRecord:
+    """Everything one finished run stores; written in one transaction."""
+
+    run_id: str
+    task: str
+    task_version: str
+    method: str
+    params: dict
+    profile: str | None
+    seed: int
+    samples: int
+    steps: int
+    config: dict
+    git_commit: str | None
+    packages: dict
+    timings: dict
+    started_at: float
+    finished_at: float
+    artifacts_dir: str
+    metrics: list[dict] = field(default_factory=list)  # name, value, higher_is_better, samples
+    traces: dict[str, dict] = field(default_factory=dict)  # name -> {t: [...], mean: [...], q05: [...], ...}
+    class_counts: list[int] = field(default_factory=list)
+    sweep_id: str | None = None
+    status: str = "done"
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "conflicting" in text or "being used" in text
+
+
+class Store:
+    """Short-lived connections to one DuckDB file."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else default_db_path()
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as exc:
+                if not _is_lock_error(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def write_run(self, record: RunRecord) -> None:
+        """Insert (or replace) a whole run atomically: all its rows or none."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = self._connect(read_only=False)
+        try:
+            con.execute(SCHEMA)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table in TABLES:
+                    con.execute(f"DELETE FROM {table} WHERE run_id = ?", [record.run_id])
+                self._insert(con, record)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
+
+    @staticmethod
+    def _insert(con: duckdb.DuckDBPyConnection, r: RunRecord) -> None:
+        con.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), to_timestamp(?), ?, ?, ?)",
+            [r.run_id, r.task, r.task_version, r.method, json.dumps(r.params, sort_keys=True), r.profile, r.seed, r.samples, r.steps,
+             r.sweep_id, json.dumps(r.config, sort_keys=True), r.git_commit, json.dumps(r.packages, sort_keys=True),
+             json.dumps(r.timings), r.started_at, r.finished_at, r.finished_at - r.started_at, r.status, r.artifacts_dir],
+        )
+        if r.metrics:
+            con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
+                            [[r.run_id, m["name"], m["value"], m["higher_is_better"], m["samples"]] for m in r.metrics])
+        rows = [
+            [r.run_id, name, i, int(s["t"][i]), *(float(s[q][i]) for q in ("mean", "q05", "q25", "q50", "q75", "q95"))]
+            for name, s in r.traces.items() for i in range(len(s["t"]))
+        ]
+        if rows:
+            con.executemany("INSERT INTO traces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        if r.class_counts:
+            con.executemany("INSERT INTO class_counts VALUES (?, ?, ?)", [[r.run_id, c, int(n)] for c, n in enumerate(r.class_counts)])
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """A read-only query; an absent store reads as empty tables."""
+        if not self.exists():
+            return _empty_result(sql)
+        con = self._connect(read_only=True)
+        try:
+            tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            if not set(TABLES) <= tables:
+                return _empty_result(sql)
+            return con.execute(sql, params or []).df()
+        finally:
+            con.close()
+
+    def run_status(self, run_id: str) -> str | None:
+        rows = self.query("SELECT status FROM runs WHERE run_id = ?", [run_id])
+        return None if rows.empty else str(rows.iloc[0, 0])
+
+    def runs(self, task: str | None = None) -> pd.DataFrame:
+        where, params = ("WHERE task = ?", [task]) if task else ("", [])
+        return self.query(f"SELECT * FROM runs {where} ORDER BY finished_at", params)
+
+    def metrics(self, run_ids: list[str] | None = None) -> pd.DataFrame:
+        if run_ids is not None and not run_ids:
+            return self.query("SELECT * FROM metrics WHERE false")
+        if run_ids is None:
+            return self.query("SELECT * FROM metrics")
+        marks = ", ".join("?" for _ in run_ids)
+        return self.query(f"SELECT * FROM metrics WHERE run_id IN ({marks})", list(run_ids))
+
+    def wide(self, task: str | None = None) -> pd.DataFrame:
+        """One row per run with a column per metric, newest last."""
+        runs = self.runs(task)
+        if runs.empty:
+            return runs
+        values = self.metrics(list(runs.run_id)).pivot_table(index="run_id", columns="name", values="value")
+        return runs.merge(values, left_on="run_id", right_index=True, how="left")
+
+    def traces(self, run_id: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM traces WHERE run_id = ? ORDER BY name, row_index", [run_id])
+
+    def class_counts(self, run_id: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM class_counts WHERE run_id = ? ORDER BY class_index", [run_id])
+
+
+
+def _empty_result(sql: str) -> pd.DataFrame:
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(SCHEMA)
+        return con.execute(sql.replace("?", "NULL")).df() if "?" in sql else con.execute(sql).df()
+    finally:
+        con.close()
