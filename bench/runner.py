@@ -179,6 +179,9 @@ class InProcessExecutor:
             run_shard(job, on_step=progress.step_of(job))
             yield job
 
+    def close(self) -> None:
+        """Nothing to release in-process."""
+
 
 # ---- progress -----------------------------------------------------------------------------
 
