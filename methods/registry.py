@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
+import sys
 import typing
 from pathlib import Path
 
@@ -64,9 +65,11 @@ def _from_file(spec: str) -> type[GuidanceMethod]:
         raise BenchError(f"method file {path} not found; pass --method path/to/file.py:ClassName")
     module_spec = importlib.util.spec_from_file_location(f"user_method_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses look their module up while the file executes
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:  # a user's file may fail in any way; report it on one line
+        sys.modules.pop(module_spec.name, None)
         raise BenchError(f"could not load method file {path}: {type(exc).__name__}: {exc}") from None
     if not hasattr(module, class_name):
         classes = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, GuidanceMethod) and v is not GuidanceMethod]
