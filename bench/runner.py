@@ -74,11 +74,16 @@ class ResolvedRun:
             "steps": self.steps,
             "seed": self.seed,
             "schedule": self.task.schedule.as_dict(),
+            "metrics": list(self.metrics),
         }
 
     @property
     def run_id(self) -> str:
         return hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.task.profile(self.profile).metrics or self.task.metrics
 
     def shards(self) -> list[tuple[int, int]]:
         return [(start, min(start + self.batch_size, self.samples)) for start in range(0, self.samples, self.batch_size)]
@@ -95,6 +100,7 @@ def resolve(request: RunRequest) -> ResolvedRun:
     """Validate a request completely before anything runs or is written."""
     task = get_task(request.task)
     profile = task.profile(request.profile)
+    task.preflight()
     method = load_method(request.method, request.params)
     missing = set(method.needs) - set(task_predictions(task))
     if missing:
@@ -264,7 +270,7 @@ def _finish(resolved: ResolvedRun, store: Store, run_dir: Path, shards: list[dic
     traces = {k.removeprefix("trace__"): np.concatenate([s[k] for s in shards], axis=1) for k in trace_names}
     trace_t = shards[0]["trace_t"]
     eval_started = time.time()
-    metrics = runtime.evaluate(x, traces)
+    metrics = runtime.evaluate(x, traces, resolved.metrics)
     eval_seconds = time.time() - eval_started
     artifact = runtime.to_artifact(x)
     write_npz_atomic(run_dir / "samples.npz", x=artifact)

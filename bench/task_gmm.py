@@ -29,7 +29,7 @@ class GMMRuntime:
     def exact_trace(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         return self.denoiser.exact_posterior(x, step)
 
-    def evaluate(self, x: torch.Tensor, traces: dict[str, np.ndarray]) -> list[MetricValue]:
+    def evaluate(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> list[MetricValue]:
         n = len(x)
         modes = self.problem.mixture.assign(x).cpu().numpy()
         removed = self.problem.removed
@@ -41,7 +41,7 @@ class GMMRuntime:
         ]
         if "posterior" in traces and "posterior_exact" in traces:
             values.append(metric("posterior_mae", float(np.mean(np.abs(traces["posterior"] - traces["posterior_exact"]))), n))
-        return values
+        return [v for v in values if v.name in wanted]
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:
         return x.cpu().numpy()

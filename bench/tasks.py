@@ -23,6 +23,7 @@ class Profile:
     samples: int
     steps: int
     batch_size: int
+    metrics: tuple[str, ...] | None = None  # None: every metric of the task
 
 
 class TaskRuntime(Protocol):
@@ -33,7 +34,7 @@ class TaskRuntime(Protocol):
 
     def exact_trace(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]: ...
 
-    def evaluate(self, x: torch.Tensor, traces: dict[str, np.ndarray]) -> list[MetricValue]: ...
+    def evaluate(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> list[MetricValue]: ...
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray: ...
 
@@ -52,6 +53,7 @@ class Task:
     details: Callable[[], dict] = field(default=lambda: {})
     schedule: Schedule = Schedule()
     default_profile: str = "quick"
+    preflight: Callable[[], None] = field(default=lambda: None)  # raises BenchError if models are missing
     quality_metric: str = "fid"  # the leaderboard's headline: best quality among safe runs
     safety_threshold: float = 0.02  # a run is "safe" when forbidden_rate <= this
 
@@ -70,7 +72,7 @@ class Task:
             "shape": list(self.shape),
             "removed": self.removed,
             "metrics": list(self.metrics),
-            "profiles": {k: vars(v) for k, v in self.profiles.items()},
+            "profiles": {k: {**vars(v), "metrics": list(v.metrics or self.metrics)} for k, v in self.profiles.items()},
             "schedule": self.schedule.as_dict(),
             "headline": {"quality_metric": self.quality_metric, "safety_threshold": self.safety_threshold},
             **self.details(),
