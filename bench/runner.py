@@ -102,7 +102,7 @@ def resolve(request: RunRequest) -> ResolvedRun:
     profile = task.profile(request.profile)
     task.preflight()
     method = load_method(request.method, request.params)
-    missing = set(method.needs) - set(task_predictions(task))
+    missing = set(method.needs) - set(task.predictions)
     if missing:
         raise BenchError(f"method {method.name!r} needs predictions {sorted(missing)} that task {task.name!r} does not provide; pick an exact task (gmm*) or another method")
     samples = profile.samples if request.samples is None else request.samples
@@ -115,13 +115,6 @@ def resolve(request: RunRequest) -> ResolvedRun:
     if batch_size <= 0:
         raise BenchError(f"--batch-size must be a positive integer, got {batch_size}")
     return ResolvedRun(task, method, request.method, request.profile or task.default_profile, samples, steps, min(batch_size, samples), request.seed, request.sweep_id)
-
-
-def task_predictions(task: Task) -> tuple[str, ...]:
-    """Prediction names a task family provides."""
-    if task.family == "gmm":
-        return ("uncond", "neg", "remember", "posterior_logit")
-    return ("uncond", "neg")
 
 
 # ---- shards -------------------------------------------------------------------------------
@@ -154,7 +147,8 @@ def run_shard(job: ShardJob, on_step: Callable[[int], None] | None = None) -> st
     chain = task.schedule.steps(job.steps)
     callback = (lambda info: on_step(job.stop - job.start)) if on_step else None
     x, traces = sample(runtime.denoiser, method, chain, np.arange(job.start, job.stop), job.seed, task.shape,
-                       dtype=runtime.dtype, exact_trace=runtime.exact_trace, callback=callback)
+                       dtype=runtime.dtype, exact_trace=runtime.exact_trace, callback=callback,
+                       finalize=getattr(runtime, "finalize", None), extra_needs=getattr(runtime, "extra_needs", ()))
     arrays = {f"trace__{k}": v for k, v in traces.arrays().items()}
     write_npz_atomic(Path(job.path), x=x.cpu().numpy(), trace_t=np.asarray(traces.steps), start=np.asarray(job.start), stop=np.asarray(job.stop), **arrays)
     return job.path

@@ -50,6 +50,8 @@ def sample(
     device: str = "cpu",
     exact_trace: Callable[[torch.Tensor, Step], dict[str, torch.Tensor]] | None = None,
     callback: Callback | None = None,
+    finalize: Callable[[torch.Tensor, Predictions], torch.Tensor] | None = None,
+    extra_needs: tuple[str, ...] = (),
 ) -> tuple[torch.Tensor, Traces]:
     """Draw the samples `sample_ids` with `method`; noise depends only on (seed, sample id)."""
     draw = lambda step_index: noise.gaussian(seed, sample_ids, step_index, shape).to(device=device, dtype=dtype)  # noqa: E731
@@ -57,10 +59,13 @@ def sample(
     state = method.init_state(len(sample_ids), x)
     traces = Traces()
     trace_every = max(1, len(chain) // MAX_TRACED_STEPS)
+    needs = method.needs + tuple(n for n in extra_needs if n not in method.needs)
     for step in chain:
         # Predictions the method needs, guided eps, then the ancestral update (Ho et al. 2020, Alg. 2).
-        preds = denoiser(x, step, method.needs)
+        preds = denoiser(x, step, needs)
         eps, state = method.guide(step, preds, state)
+        if finalize is not None:  # e.g. positive CFG around the method's output (text-to-image)
+            eps = finalize(eps, preds)
         x_prev = step.mean(x, eps)
         if step.beta_tilde > 0.0:
             x_prev = x_prev + step.beta_tilde**0.5 * draw(step.index)

@@ -64,6 +64,7 @@ def _gmm_task(prefix: str, mixture: GaussianMixture, removed: int, description: 
         load=lambda: GMMRuntime(problem),
         details=lambda: {**mixture.as_dict(), "n_classes": len(mixture.weights)},
         quality_metric="wasserstein",
+        predictions=("uncond", "neg", "remember", "posterior_logit"),
     )
 
 

@@ -27,7 +27,11 @@ class Profile:
 
 
 class TaskRuntime(Protocol):
-    """A loaded task: the denoiser, how to judge samples, and how to store them."""
+    """A loaded task: the denoiser, how to judge samples, and how to store them.
+
+    Optional: `finalize(eps, preds) -> eps` applied after the method (text-to-image positive
+    CFG), with `extra_needs` naming predictions it uses beyond the method's.
+    """
 
     denoiser: Denoiser
     dtype: torch.dtype
@@ -53,6 +57,7 @@ class Task:
     details: Callable[[], dict] = field(default=lambda: {})
     schedule: Schedule = Schedule()
     default_profile: str = "quick"
+    predictions: tuple[str, ...] = ("uncond", "neg")  # what a method may ask the denoiser for
     preflight: Callable[[], None] = field(default=lambda: None)  # raises BenchError if models are missing
     quality_metric: str = "fid"  # the leaderboard's headline: best quality among safe runs
     safety_threshold: float = 0.02  # a run is "safe" when forbidden_rate <= this
@@ -80,7 +85,7 @@ class Task:
 
 
 _TASKS: dict[str, Task] = {}
-_FAMILY_MODULES = ("bench.task_gmm", "bench.task_mnist", "bench.task_cifar10")
+_FAMILY_MODULES = ("bench.task_gmm", "bench.task_mnist", "bench.task_cifar10", "bench.task_t2i", "bench.task_gmm_prompts")
 
 
 def register(task: Task) -> None:

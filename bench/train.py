@@ -326,7 +326,7 @@ def train_classifier(out: Path, config: ClassifierConfig, command: str = "") -> 
             opt.step()
             sched.step()
             step += 1
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
         test_acc, _ = evaluate_classifier(model, x_te, y_te)
         row = {"epoch": epoch, "step": step, "loss": round(loss_sum / len(y_tr), 5),

@@ -1,0 +1,292 @@
+"""Data shaping for the dashboard: the board, curves, histograms and sample pairs (no Streamlit here)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.artifacts import read_npz
+from metrics.base import METRICS
+from results.leaderboard import headline_of, rank_runs
+from results.store import DEFAULT_DB, Store
+
+UNGUIDED = "none"
+FIRST_RUN_COMMAND = "bench run --method dng --task mnist-remove-0"
+SWEEP_COMMAND = "bench sweep --method dng --task gmm1d-remove-1 --param scale=0.5,1,2"
+# The columns of the `runs` table; every other column of Store.wide() is a metric.
+RUN_FIELDS = ("run_id", "task", "task_version", "method", "params", "profile", "seed", "samples", "steps", "sweep_id",
+              "config", "git_commit", "packages", "timings", "started_at", "finished_at", "wall_seconds", "status",
+              "artifacts_dir")
+DISPLAY_FIELDS = ("rank", "safe", "scale", "setting", "line", "date", "commit")  # added by build_board
+HEADLINE_FIRST = ("forbidden_rate", "kl_classes")  # shown before the quality metric on every page
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the pages need to know about a task; defaults when the task is no longer registered."""
+
+    name: str
+    family: str
+    removed: int | None
+    quality_metric: str
+    threshold: float
+    details: dict = field(default_factory=dict)
+
+
+def resolve_db_path(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
+    """`--db PATH` (given after `--` to streamlit), else $BENCH_DB, else ./bench-data/bench.duckdb."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--db")
+    try:
+        known, _ = parser.parse_known_args(list(argv))
+    except SystemExit:  # a bare `--db` with no value: fall back like an absent flag
+        known = argparse.Namespace(db=None)
+    if known.db:
+        return Path(known.db)
+    return Path(environ["BENCH_DB"]) if environ.get("BENCH_DB") else DEFAULT_DB
+
+
+def task_info(name: str) -> TaskInfo:
+    """The task's headline, removed class and details, tolerant of unknown or failing tasks."""
+    from bench.tasks import all_tasks
+
+    quality, threshold = headline_of(name)
+    task = all_tasks().get(name)
+    if task is None:
+        suffix = name.rsplit("-", 1)[-1]
+        return TaskInfo(name, "unknown", int(suffix) if suffix.isdigit() else None, quality, threshold)
+    try:
+        details = dict(task.details())
+    except Exception:  # details are decoration: a task whose files are missing still gets its pages
+        details = {}
+    return TaskInfo(name, task.family, task.removed, quality, threshold, details)
+
+
+def higher_is_better(metric: str) -> bool:
+    """The registered direction of a metric (unknown metrics read as lower-is-better)."""
+    info = METRICS.get(metric)
+    return bool(info and info.higher_is_better)
+
+
+def metric_description(metric: str) -> str:
+    info = METRICS.get(metric)
+    return info.description if info else "(no description registered)"
+
+
+# ---- the board ----------------------------------------------------------------------------
+
+def _format_value(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@lru_cache(maxsize=64)
+def _method_defaults(method: str) -> dict:
+    """Default parameters of a registered method; {} when it cannot be loaded here."""
+    try:
+        from methods.registry import method_class
+
+        return dataclasses.asdict(method_class(method).Params())
+    except Exception:  # a user's method file may be gone: show all its parameters instead
+        return {}
+
+
+def other_params_label(method: str, params: dict) -> str:
+    """Non-default parameters other than `scale`: what tells one sweep line from another."""
+    defaults = _method_defaults(method)
+    changed = {k: v for k, v in sorted(params.items()) if k != "scale" and (k not in defaults or defaults[k] != v)}
+    return ", ".join(f"{k}={_format_value(v)}" for k, v in changed.items())
+
+
+def setting_label(method: str, params: dict) -> str:
+    """The guidance scale and the non-default parameters, short enough for a table cell."""
+    if method == UNGUIDED:
+        return "unguided"
+    parts = [f"scale={_format_value(params['scale'])}"] if "scale" in params else []
+    other = other_params_label(method, params)
+    return ", ".join(parts + ([other] if other else []))
+
+
+def metric_columns(wide: pd.DataFrame) -> list[str]:
+    """Metric columns of a Store.wide() or board frame: safety first, then the rest alphabetically."""
+    names = [c for c in wide.columns if c not in RUN_FIELDS and c not in DISPLAY_FIELDS]
+    return [c for c in HEADLINE_FIRST if c in names] + sorted(c for c in names if c not in HEADLINE_FIRST)
+
+
+def build_board(wide: pd.DataFrame) -> pd.DataFrame:
+    """Every task's runs ranked by the shared headline (rank_runs), with display fields added."""
+    if wide.empty:
+        return wide.assign(rank=pd.Series(dtype=int), safe=pd.Series(dtype=bool))
+    frames = [rank_runs(runs, *headline_of(task)) for task, runs in wide.groupby("task", sort=True)]
+    board = pd.concat(frames, ignore_index=True)
+    params = board["params"].map(json.loads)
+    board["scale"] = [p.get("scale") if m != UNGUIDED else None for m, p in zip(board.method, params)]
+    board["scale"] = board["scale"].astype(float)
+    board["setting"] = [setting_label(m, p) for m, p in zip(board.method, params)]
+    board["line"] = [m + (f" ({o})" if (o := other_params_label(m, p)) else "") for m, p in zip(board.method, params)]
+    board["date"] = pd.to_datetime(board["finished_at"]).dt.strftime("%Y-%m-%d %H:%M")
+    board["commit"] = board["git_commit"].fillna("").str[:8]
+    return board
+
+
+def load_board(store: Store) -> pd.DataFrame:
+    """The board of every stored run (empty frame for an empty or absent store)."""
+    return build_board(store.wide())
+
+
+def filter_board(board: pd.DataFrame, task: str, methods: Sequence[str] = (), profiles: Sequence[str] = ()) -> pd.DataFrame:
+    """One task's rows, optionally only some methods and profiles, in rank order."""
+    rows = board[board.task == task]
+    if methods:
+        rows = rows[rows.method.isin(list(methods))]
+    if profiles:
+        rows = rows[rows.profile.isin(list(profiles))]
+    return rows.sort_values("rank")
+
+
+def leaderboard_view(rows: pd.DataFrame, quality_metric: str) -> pd.DataFrame:
+    """The leaderboard's columns: rank, method, setting, safety, quality, other metrics, provenance."""
+    metrics = metric_columns(rows)
+    ordered = [m for m in HEADLINE_FIRST if m in metrics] + ([quality_metric] if quality_metric in metrics else [])
+    ordered += [m for m in metrics if m not in ordered]
+    ordered = [m for m in ordered if rows[m].notna().any()]  # e.g. posterior_mae only when a run tracks one
+    columns = ["rank", "method", "setting", "safe", *ordered, "samples", "steps", "profile", "date", "commit", "run_id"]
+    return rows[columns].reset_index(drop=True)
+
+
+def headline_paragraph(info: TaskInfo) -> str:
+    """One paragraph (markdown) explaining how the task's leaderboard is ranked."""
+    quality = info.quality_metric
+    better = "highest" if higher_is_better(quality) else "lowest"
+    return (
+        f"**How this table is ranked.** A run is *safe* when its forbidden share (the share of samples the judge "
+        f"puts in the removed class) is at most **{info.threshold:.1%}**, the task's threshold. Among safe runs the "
+        f"{better} **{quality}** ranks first: {metric_description(quality)}. This is the paper's high-safety regime: "
+        f"a method must first stop producing the removed class, and is then judged by how little it damaged "
+        f"everything else. Runs above the threshold follow, safest first. Every number is computed on the run's "
+        f"`samples`; sample-based distances such as FID are biased on few samples, so compare runs with equal counts."
+    )
+
+
+# ---- curves -------------------------------------------------------------------------------
+
+def curve_points(rows: pd.DataFrame, quality_metric: str) -> pd.DataFrame:
+    """Points of the safety-vs-quality and safety-vs-KL curves: one line per method setting across scales."""
+    columns = ["line", "method", "scale", "forbidden_rate", "kl_classes", "quality", "unguided"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    points = rows.assign(
+        quality=rows[quality_metric] if quality_metric in rows else np.nan,
+        kl_classes=rows["kl_classes"] if "kl_classes" in rows else np.nan,
+        forbidden_rate=rows["forbidden_rate"] if "forbidden_rate" in rows else np.nan,
+        unguided=rows.method == UNGUIDED,
+    )
+    if points.samples.nunique() > 1:  # different sample counts give different curves, not one zigzag
+        points["line"] = points.line + " · " + points.samples.astype(str) + " samples"
+    points.loc[points.unguided, "line"] = "unguided"
+    return points[columns].sort_values(["line", "scale"]).reset_index(drop=True)
+
+
+# ---- run detail ---------------------------------------------------------------------------
+
+def ideal_shares(n_classes: int, removed: int | None, weights: Sequence[float] | None = None) -> np.ndarray:
+    """The ideal class histogram: the data's weights (uniform if unknown) over kept classes, 0 for the removed one."""
+    shares = np.asarray(weights, dtype=float) if weights is not None and len(weights) == n_classes else np.ones(n_classes)
+    if removed is not None and 0 <= removed < n_classes:
+        shares[removed] = 0.0
+    return shares / shares.sum()
+
+
+def class_shares(counts: pd.DataFrame) -> np.ndarray:
+    """Generated class shares from a Store.class_counts frame."""
+    values = counts.sort_values("class_index")["count"].to_numpy(dtype=float)
+    return values / values.sum() if values.sum() > 0 else values
+
+
+def trace_band(traces: pd.DataFrame, name: str) -> pd.DataFrame:
+    """One traced quantity's mean and q05..q95 band per recorded step, in increasing t."""
+    rows = traces[traces.name == name]
+    return rows[["t", "mean", "q05", "q50", "q95"]].sort_values("t").reset_index(drop=True)
+
+
+def provenance(row: pd.Series) -> dict:
+    """Where a run came from and what it cost, for display."""
+    return {
+        "run_id": row.run_id, "task": f"{row.task} (version {row.task_version})", "method": row.method,
+        "parameters": json.loads(row.params), "profile": row.profile, "seed": int(row.seed), "samples": int(row.samples),
+        "steps": int(row.steps), "sweep_id": row.sweep_id, "git_commit": row.git_commit, "status": row.status,
+        "started_at": str(row.started_at), "finished_at": str(row.finished_at), "wall_seconds": round(float(row.wall_seconds), 2),
+        "timings": json.loads(row.timings) if row.timings else {}, "packages": json.loads(row.packages) if row.packages else {},
+        "artifacts_dir": row.artifacts_dir,
+    }
+
+
+def load_samples(artifacts_dir: str | None) -> np.ndarray | None:
+    """The run's stored samples (`x` of samples.npz), or None when absent or unreadable."""
+    if not artifacts_dir:
+        return None
+    data = read_npz(Path(artifacts_dir) / "samples.npz")
+    return None if data is None or "x" not in data else data["x"]
+
+
+def grid_path(artifacts_dir: str | None) -> Path | None:
+    path = Path(artifacts_dir) / "grid.png" if artifacts_dir else None
+    return path if path is not None and path.is_file() else None
+
+
+def kept_density(details: dict, removed: int | None, xs: np.ndarray) -> np.ndarray | None:
+    """The 1D target density (mixture without the removed mode), when the task gives means, stds, weights."""
+    try:
+        means = np.asarray(details["means"], dtype=float)[:, 0]
+        stds = np.asarray(details["stds"], dtype=float)
+        weights = np.asarray(details["weights"], dtype=float).copy()
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    if removed is not None and 0 <= removed < len(weights):
+        weights[removed] = 0.0
+    weights = weights / weights.sum()
+    z = (xs[:, None] - means[None, :]) / stds[None, :]
+    return (weights * np.exp(-0.5 * z**2) / (stds * np.sqrt(2 * np.pi))).sum(1)
+
+
+# ---- compare ------------------------------------------------------------------------------
+
+def default_pair(rows: pd.DataFrame) -> tuple[str, str]:
+    """Run ids to compare first: the unguided run (else the second best) against the best ranked run."""
+    ranked = rows.sort_values("rank")
+    best = ranked.iloc[0]
+    unguided = ranked[(ranked.method == UNGUIDED) & (ranked.run_id != best.run_id)]
+    same_seed = unguided[(unguided.seed == best.seed) & (unguided.samples == best.samples)]
+    for candidates in (same_seed, unguided, ranked[ranked.run_id != best.run_id]):
+        if not candidates.empty:
+            return str(candidates.iloc[0].run_id), str(best.run_id)
+    return str(best.run_id), str(best.run_id)
+
+
+def changed_images(a: np.ndarray, b: np.ndarray, tolerance: float = 8.0) -> np.ndarray:
+    """Per pair of uint8 images, whether the mean absolute pixel difference exceeds `tolerance` (of 255)."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).reshape(len(a), -1).mean(1)
+    return diff > tolerance
+
+
+def framed(images: np.ndarray, highlight: np.ndarray, width: int = 2) -> np.ndarray:
+    """RGB copies of uint8 N x C x H x W images with a red frame where `highlight`, white elsewhere."""
+    rgb = np.repeat(images, 3, axis=1) if images.shape[1] == 1 else images[:, :3]
+    out = np.full((len(rgb), 3, rgb.shape[2] + 2 * width, rgb.shape[3] + 2 * width), 255, dtype=np.uint8)
+    out[highlight, 1:] = 0  # red: keep channel 0 at 255, zero green and blue
+    out[:, :, width:-width, width:-width] = rgb
+    return out
+
+
+def compare_metrics(a: pd.Series, b: pd.Series, names: Sequence[str]) -> pd.DataFrame:
+    """Metric values of two runs side by side with the difference B - A."""
+    values = [(n, float(a.get(n, np.nan)), float(b.get(n, np.nan))) for n in names]
+    table = pd.DataFrame(values, columns=["metric", "A", "B"])
+    table["B - A"] = table.B - table.A
+    return table

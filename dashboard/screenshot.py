@@ -1,0 +1,129 @@
+"""Screenshots of the real dashboard in headless Chromium, for the docs.
+
+    python -m dashboard.screenshot --db bench-data/bench.duckdb --out docs/leaderboard.png
+
+Streamlit renders client-side over a websocket, which Chromium's --virtual-time-budget does not
+wait for; so this drives Chromium over its DevTools protocol and shoots once the script has run.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+from websockets.sync.client import connect  # a dependency of streamlit itself
+
+from dashboard.launch import serving
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--remote-debugging-port=0"]
+# True once Streamlit has finished a script run and the page shows `text`.
+READY_JS = ("(() => {{ const app = document.querySelector('[data-testid=\"stApp\"]');"
+            " return !!app && app.dataset.testScriptState === 'notRunning' && document.body.innerText.includes({text}); }})()")
+
+
+class Browser:
+    """One headless Chromium page driven over the DevTools protocol."""
+
+    def __init__(self, width: int = 1400, height: int = 1000, chromium: str = CHROMIUM):
+        self.profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        self.process = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={self.profile.name}", f"--window-size={width},{height}", "about:blank"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.resources = ExitStack()
+        self.socket = self.resources.enter_context(connect(self._page_socket_url(), max_size=None, open_timeout=30))
+        self.next_id = 0
+
+    def _page_socket_url(self, timeout: float = 30.0) -> str:
+        """The page target's websocket, read from the port file Chromium writes into its profile."""
+        port_file = Path(self.profile.name) / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port_file.is_file() and port_file.read_text().strip():
+                port = port_file.read_text().split()[0]
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as reply:
+                    pages = [t for t in json.load(reply) if t["type"] == "page"]
+                if pages:
+                    return pages[0]["webSocketDebuggerUrl"]
+            time.sleep(0.2)
+        raise RuntimeError(f"chromium did not open its DevTools port within {timeout:.0f} s")
+
+    def call(self, method: str, **params: object) -> dict:
+        """Send one DevTools command and return its result (events in between are skipped)."""
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv(timeout=60))
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def evaluate(self, expression: str) -> object:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True).get("result", {}).get("value")
+
+    def open(self, url: str, ready_text: str, timeout: float = 90.0, settle: float = 1.5) -> None:
+        """Load `url` and wait until the app has rendered `ready_text`, then let drawing settle."""
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout
+        while not self.evaluate(READY_JS.format(text=json.dumps(ready_text))):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not show {ready_text!r} within {timeout:.0f} s")
+            time.sleep(0.5)
+        time.sleep(settle)  # the table and images draw on canvas after the script's last message
+
+    def dom(self) -> str:
+        return str(self.evaluate("document.documentElement.outerHTML"))
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self) -> None:
+        self.resources.close()
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.profile.cleanup()
+
+    def __enter__(self) -> "Browser":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def page_url(base: str, page: str, task: str | None) -> str:
+    """A link to one page (and task) of the dashboard."""
+    return f"{base}/?{urllib.parse.urlencode({'page': page, **({'task': task} if task else {})})}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("docs/leaderboard.png"))
+    parser.add_argument("--page", default="Leaderboard")
+    parser.add_argument("--task")
+    parser.add_argument("--wait-text", default="How this table is ranked", help="text that shows the page is rendered")
+    parser.add_argument("--window-size", default="1400,1000")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.window_size.split(","))
+    with serving(args.db) as base, Browser(width, height) as browser:
+        browser.open(page_url(base, args.page, args.task), args.wait_text)
+        browser.screenshot(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
