@@ -1,11 +1,12 @@
 """One job in-process vs on a local Ray cluster, and Ray's fixed start-up cost.
 
-    python benchmarks/bench_ray.py [--task gmm1d-remove-1] [--samples 4096] [--steps 200]
+    python benchmarks/bench_ray.py [--task gmm1d-remove-1] [--samples 4096] [--steps 500]
                                    [--batch-size 512] [--workers 2] [--repeats 3]
 
 Each repeat uses a fresh temporary database and --force, and runs, back to back: the job
 in-process; a fresh local Ray cluster (ray.init to the first trivial task: the start-up cost);
-the same job on that cluster (its workers start cold, as for a user's `bench run --workers N`).
+the same job on that cluster (its workers start cold, as for a user's `bench run --workers N`);
+the job again on the same cluster (warm workers: the steady state of a sweep's later points).
 MNIST works too (`--task mnist-remove-0 --samples 512 --steps 50 --batch-size 128`) once
 datasets/weights/mnist-ddpm holds the trained model.
 """
@@ -47,10 +48,11 @@ def _repeat(resolved: ResolvedRun, workers: int) -> dict[str, float]:
     startup = time.perf_counter() - started
     try:
         ray_wall, ray_sampling = _job(resolved, executor)
+        warm_wall, warm_sampling = _job(resolved, executor)
     finally:
         executor.close()
     return {"in-process job": local_wall, "in-process sampling": local_sampling, "ray start-up": startup,
-            "ray job": ray_wall, "ray sampling": ray_sampling}
+            "ray job": ray_wall, "ray sampling": ray_sampling, "ray job, warm": warm_wall, "ray sampling, warm": warm_sampling}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="gmm1d-remove-1")
     parser.add_argument("--method", default="dng")
     parser.add_argument("--samples", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -76,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
           f"<= {resolved.batch_size}; {args.workers} Ray workers; medians of {args.repeats} repeats")
     for name, value in medians.items():
         print(f"  {name:<22} {value:8.2f} s   (all: {', '.join(f'{row[name]:.2f}' for row in rows)})")
-    print(f"  speed-up, sampling       {medians['in-process sampling'] / medians['ray sampling']:8.2f} x   (in-process / ray)")
+    print(f"  speed-up, sampling       {medians['in-process sampling'] / medians['ray sampling']:8.2f} x   (in-process / ray, cold workers)")
+    print(f"  speed-up, sampling warm  {medians['in-process sampling'] / medians['ray sampling, warm']:8.2f} x")
     print(f"  speed-up, job            {medians['in-process job'] / medians['ray job']:8.2f} x")
+    print(f"  speed-up, job warm       {medians['in-process job'] / medians['ray job, warm']:8.2f} x")
     print(f"  speed-up, with start-up  {medians['in-process job'] / (medians['ray job'] + medians['ray start-up']):8.2f} x"
           "   (in-process / (ray start-up + ray job))")
     return 0
