@@ -101,6 +101,8 @@ def _join(address: str) -> None:
 
 
 def _start_local(workers: int) -> None:
+    # Ray starts workers at nice 15; a shard should get the CPU share it gets in-process (nice 0).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     _quiet_init(address="local", num_cpus=workers, object_store_memory=OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1")
 
 

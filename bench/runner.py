@@ -133,9 +133,13 @@ class ShardJob:
     path: str
 
 
-@lru_cache(maxsize=4)
 def _runtime(task_name: str) -> TaskRuntime:
-    """Loaded models are reused across the shards a process draws."""
+    """Loaded models are reused across the shards a process draws (until their files change)."""
+    return _cached_runtime(task_name, get_task(task_name).resources())
+
+
+@lru_cache(maxsize=4)
+def _cached_runtime(task_name: str, resources: tuple) -> TaskRuntime:
     return get_task(task_name).load()
 
 
@@ -229,6 +233,7 @@ def execute(resolved: ResolvedRun, store: Store, *, force: bool = False, executo
     if not force and store.run_status(run_id) == "done":
         return RunOutcome(run_id, stored_result(store, run_id), reused=True)
     started = time.time()
+    _runtime(resolved.task.name)  # load models now: a corrupt checkpoint fails before any output
     shard_dir = run_dir / "shards"
     if force and shard_dir.exists():
         for old in shard_dir.glob("*.npz"):

@@ -56,6 +56,12 @@ def preflight() -> None:
             raise BenchError(f"missing MNIST model files in {directory}; train them with `{command} --out {directory}` or set BENCH_MNIST_DDPM / BENCH_MNIST_CLASSIFIER")
 
 
+def _fingerprint(directory: Path) -> tuple:
+    """Path and modification times of a model folder's files."""
+    files = sorted(directory.glob("*")) if directory.is_dir() else []
+    return (str(directory), *((f.name, f.stat().st_mtime_ns) for f in files))
+
+
 @lru_cache(maxsize=2)
 def reference_stats(removed: int | None) -> FeatureStats:
     """Classifier features of the real digits, without the removed class (None: all digits)."""
@@ -131,6 +137,7 @@ def _mnist_task(removed: int) -> Task:
         details=lambda: {"n_classes": N_CLASSES, "ddpm": str(ddpm_dir()), "classifier": str(classifier_dir()),
                          "dng_paper_params": {"prior": 0.25, "tau": 0.25, "delta": 0.0}},
         preflight=preflight,
+        resources=lambda: tuple(_fingerprint(d) for d in (ddpm_dir(), classifier_dir())),
         quality_metric="fid_classifier",
         safety_threshold=0.01,
     )

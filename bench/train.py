@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, default=2)
     c = sub.add_parser("classifier", help="small CNN evaluation classifier")
     c.add_argument("--out", type=Path, default=Path("datasets/weights/mnist-classifier"))
-    c.add_argument("--epochs", type=int, default=20)
+    c.add_argument("--epochs", type=int, default=12)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=2)
     return p

@@ -38,8 +38,12 @@ class Browser:
         self.process = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={self.profile.name}", f"--window-size={width},{height}", "about:blank"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.resources = ExitStack()
-        self.socket = self.resources.enter_context(connect(self._page_socket_url(), max_size=None, open_timeout=30))
         self.next_id = 0
+        try:
+            self.socket = self.resources.enter_context(connect(self._page_socket_url(), max_size=None, open_timeout=30))
+        except BaseException:
+            self._stop_chromium()
+            raise
 
     def _page_socket_url(self, timeout: float = 30.0) -> str:
         """The page target's websocket, read from the port file Chromium writes into its profile."""
@@ -88,6 +92,9 @@ class Browser:
 
     def close(self) -> None:
         self.resources.close()
+        self._stop_chromium()
+
+    def _stop_chromium(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(10)

@@ -110,7 +110,7 @@ class ClassifierConfig:
     feature_dim: int = 128
     dropout: float = 0.3
     seed: int = 0
-    epochs: int = 20
+    epochs: int = 12
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4

@@ -1,0 +1,90 @@
+"""MNIST removal end to end on the shipped models (a few samples and steps: fast)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.cli import main as bench_main
+from bench.task_mnist import MnistRuntime
+from conftest import run_json
+from datasets.bundles import ConditionalBundle
+from metrics.classes import kl_classes
+
+TINY = ["--task", "mnist-remove-0", "--samples", "6", "--steps", "3", "--batch-size", "4"]
+
+
+def test_mnist_run_end_to_end(db, capsys):
+    result = run_json(capsys, "--method", "dng", *TINY)
+    assert set(result["metrics"]) == {"forbidden_rate", "kl_classes", "fid_classifier"}
+    assert all(n == 6 for n in result["metric_samples"].values())
+    artifacts = Path(result["artifacts_dir"])
+    x = np.load(artifacts / "samples.npz")["x"]
+    assert x.dtype == np.uint8 and x.shape == (6, 1, 28, 28)
+    assert (artifacts / "grid.png").stat().st_size > 0
+
+
+def test_one_batched_forward_gives_both_predictions():
+    """uncond and neg come from one forward of the repeated batch, equal to separate calls."""
+    runtime = MnistRuntime(removed=3)
+    bundle: ConditionalBundle = runtime.denoiser
+    calls = []
+    hook = bundle.model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    x = torch.randn(5, 1, 28, 28)
+    step = type("S", (), {"t": 500})()
+    both = bundle(x, step, ("uncond", "neg"))
+    hook.remove()
+    assert calls == [10]
+    alone = bundle(x, step, ("neg",))
+    torch.testing.assert_close(both["neg"], alone["neg"], rtol=1e-4, atol=1e-5)
+
+
+def test_missing_checkpoint_is_one_line_exit_2(db, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_MNIST_DDPM", str(tmp_path / "nowhere"))
+    assert bench_main(["run", "--method", "dng", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "missing MNIST model files" in err and "bench train ddpm" in err and err.count("\n") == 1
+    assert not db.exists()
+
+
+def test_corrupt_checkpoint_is_one_line_exit_2(db, capsys, tmp_path, monkeypatch):
+    broken = tmp_path / "ddpm"
+    broken.mkdir()
+    source = Path(__file__).resolve().parent.parent / "datasets" / "weights" / "mnist-ddpm"
+    (broken / "config.json").write_text((source / "config.json").read_text())
+    (broken / "ema.safetensors").write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("BENCH_MNIST_DDPM", str(broken))
+    assert bench_main(["run", "--method", "dng", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not db.exists()
+
+
+def test_class_out_of_range_and_unknown_profile(db, capsys):
+    assert bench_main(["run", "--method", "dng", "--task", "mnist-remove-10"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    assert bench_main(["run", "--method", "dng", "--task", "mnist-remove-0", "--profile", "fast"]) == 2
+    assert "profiles: quick, paper" in capsys.readouterr().err
+
+
+def test_kl_classes_zero_count_smoothing():
+    """A kept class with no sample gives a finite KL; forbidden samples raise it."""
+    balanced = np.repeat(np.arange(1, 10), 100)
+    assert kl_classes(balanced, 0, 10) < 1e-3
+    missing_one = np.repeat(np.arange(1, 9), 100)
+    value = kl_classes(missing_one, 0, 10)
+    expected = (1 / 9) * np.log((1 / 9) / (0.5 / (800 + 5))) + (8 / 9) * np.log((1 / 9) / (100.5 / 805))
+    assert np.isfinite(value) and abs(value - expected) < 1e-12
+    with_forbidden = np.concatenate([balanced, np.zeros(100, int)])
+    assert kl_classes(with_forbidden, 0, 10) > kl_classes(balanced, 0, 10)
+
+
+def test_our_datasets_package_shadows_hugging_face_safely():
+    """`datasets` is ours, and transformers, diffusers and torch-fidelity still import beside it."""
+    import datasets
+    import diffusers  # noqa: F401
+    import torch_fidelity  # noqa: F401
+    import transformers  # noqa: F401
+
+    assert Path(datasets.__file__).resolve().parent == Path(__file__).resolve().parent.parent / "datasets"
