@@ -190,7 +190,10 @@ class InProcessExecutor:
 # ---- progress -----------------------------------------------------------------------------
 
 class Progress:
-    """One bar over all shards' samples, with images/s and an ETA (tqdm, on stderr)."""
+    """One bar over all shards, with images/s and an ETA (tqdm, on stderr).
+
+    It counts sample-steps (integers, so the bar never overshoots) and shows them as images.
+    """
 
     def __init__(self, total_samples: int, steps: int, label: str, enabled: bool):
         from tqdm import tqdm
@@ -198,16 +201,20 @@ class Progress:
         self.steps = steps
         # Redraw at most once a second on a terminal, every 30 s into a log file.
         interval = 1.0 if sys.stderr.isatty() else 30.0
-        self.bar = tqdm(total=total_samples, unit="img", desc=label, disable=not enabled, file=sys.stderr, dynamic_ncols=True, smoothing=0.1, mininterval=interval)
-        self._partial: dict[int, float] = {}
+        self.bar = tqdm(total=total_samples * steps, unit="img", unit_scale=1.0 / steps, desc=label, disable=not enabled,
+                        file=sys.stderr, dynamic_ncols=True, smoothing=0.1, mininterval=interval)
 
     def step_of(self, job: ShardJob) -> Callable[[int], None]:
-        """A per-step callback advancing the bar by the shard's share of one step."""
-        return lambda batch: self.bar.update(batch / self.steps)
+        """A per-step callback advancing the bar by the shard's samples for one step."""
+        return lambda batch: self.bar.update(batch)
+
+    def add_samples(self, count: int) -> None:
+        """Whole samples done at once (resumed shards, or shards finished by workers)."""
+        self.bar.update(count * self.steps)
 
     def shard_done(self, job: ShardJob, counted_steps: bool) -> None:
         if not counted_steps:
-            self.bar.update(job.stop - job.start)
+            self.add_samples(job.stop - job.start)
 
     def close(self) -> None:
         self.bar.close()
@@ -243,7 +250,7 @@ def execute(resolved: ResolvedRun, store: Store, *, force: bool = False, executo
     done = {job.path: data for job in jobs if (data := _load_shard(Path(job.path), job)) is not None}
     todo = [job for job in jobs if job.path not in done]
     bar = Progress(resolved.samples, resolved.steps, f"{resolved.method.name} on {resolved.task.name}", progress)
-    bar.bar.update(sum(j.stop - j.start for j in jobs if j.path in done))
+    bar.add_samples(sum(j.stop - j.start for j in jobs if j.path in done))
     executor = executor or InProcessExecutor()
     sampling_started = time.time()
     try:
