@@ -9,7 +9,7 @@ from pathlib import Path
 from bench.errors import BenchError
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line and exit code 2, like every other bad input."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -50,8 +50,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bench", description="Benchmark harness for negative guidance in diffusion models.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="bench", description="Benchmark harness for negative guidance in diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("list", help="list methods, tasks or metrics")
     p.add_argument("what", choices=["methods", "tasks", "metrics"])
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task")
     p.add_argument("--db", type=Path)
 
-    p = sub.add_parser("train", help="train the project's MNIST models (ddpm | classifier)")
+    p = sub.add_parser("train", help="train the MNIST models (ddpm | classifier) or the CIFAR-10 to-forget model (cifar10-forget --class K)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("dashboard", help="start the Streamlit leaderboard")
@@ -198,6 +198,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.rest[:1] == ["cifar10-forget"]:
+        from datasets.cifar10 import main as cifar10_main
+
+        return int(cifar10_main(["finetune", *args.rest[1:]]) or 0)
     from bench.train import main as train_main
 
     return int(train_main(args.rest) or 0)

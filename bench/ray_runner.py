@@ -32,26 +32,24 @@ CONNECT_TIMEOUT_S = 3.0
 MAX_RETRIES = 3  # a shard whose worker process dies is re-run this many times
 CPUS_PER_SHARD = 1
 
-try:  # the runner refactor proposed with issue #4; the local copies below go once it lands
+try:  # the runner refactor proposed with issue #4; the fallbacks below go once it lands
     from bench.runner import draw_shard, shard_jobs  # type: ignore[attr-defined]
 except ImportError:
-    from bench.runner import _params, _runtime
-    from bench.sampler import sample
-    from bench.tasks import get_task
-    from methods.registry import method_class
+    import dataclasses
+    import tempfile
+
+    from bench.artifacts import read_npz
+    from bench.runner import run_shard
 
     def draw_shard(job: ShardJob) -> dict[str, np.ndarray]:
-        """The arrays of shard [start, stop): samples, traced steps and traces (what run_shard saves)."""
-        task = get_task(job.task)
-        runtime = _runtime(job.task)
-        method = method_class(job.method_spec)(_params(job))
-        x, traces = sample(runtime.denoiser, method, task.schedule.steps(job.steps), np.arange(job.start, job.stop), job.seed,
-                           task.shape, dtype=runtime.dtype, exact_trace=runtime.exact_trace)
-        arrays = {f"trace__{k}": v for k, v in traces.arrays().items()}
-        return {"x": x.cpu().numpy(), "trace_t": np.asarray(traces.steps), "start": np.asarray(job.start), "stop": np.asarray(job.stop), **arrays}
+        """The arrays of one shard: run_shard itself, into a private temporary file read back."""
+        with tempfile.TemporaryDirectory(prefix="bench-shard-") as folder:
+            path = Path(folder) / "shard.npz"
+            run_shard(dataclasses.replace(job, path=str(path)))
+            return read_npz(path)
 
     def shard_jobs(resolved: ResolvedRun, shard_dir: Path) -> list[ShardJob]:
-        """One job per shard of a resolved run, saved under `shard_dir`."""
+        """One job per shard of a resolved run, saved under `shard_dir` (as execute builds them)."""
         params = resolved.method.config()["params"]
         return [ShardJob(resolved.task.name, resolved.method_spec, params, resolved.steps, resolved.seed, start, stop,
                          str(shard_dir / f"{start:09d}-{stop:09d}.npz")) for start, stop in resolved.shards()]
@@ -103,7 +101,13 @@ def _join(address: str) -> None:
 def _start_local(workers: int) -> None:
     # Ray starts workers at nice 15; a shard should get the CPU share it gets in-process (nice 0).
     os.environ.setdefault("RAY_worker_niceness", "0")
-    _quiet_init(address="local", num_cpus=workers, object_store_memory=OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1")
+    try:
+        _quiet_init(address="local", num_cpus=workers, object_store_memory=OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1")
+    except Exception as exc:  # Ray raises a bare Exception when its processes start too slowly
+        ray.shutdown()
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise BenchError(f"could not start a local Ray cluster with {workers} workers: {first_line}; "
+                         "try again when the machine is less busy, or drop --workers to run in-process") from None
 
 
 # ---- executor -----------------------------------------------------------------------------

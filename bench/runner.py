@@ -100,7 +100,7 @@ def resolve(request: RunRequest) -> ResolvedRun:
     """Validate a request completely before anything runs or is written."""
     task = get_task(request.task)
     profile = task.profile(request.profile)
-    task.preflight()
+    task.preflight(profile.metrics or task.metrics)
     method = load_method(request.method, request.params)
     missing = set(method.needs) - set(task.predictions)
     if missing:

@@ -136,7 +136,7 @@ def _mnist_task(removed: int) -> Task:
         load=lambda: MnistRuntime(removed),
         details=lambda: {"n_classes": N_CLASSES, "ddpm": str(ddpm_dir()), "classifier": str(classifier_dir()),
                          "dng_paper_params": {"prior": 0.25, "tau": 0.25, "delta": 0.0}},
-        preflight=preflight,
+        preflight=lambda metrics: preflight(),
         resources=lambda: tuple(_fingerprint(d) for d in (ddpm_dir(), classifier_dir())),
         quality_metric="fid_classifier",
         safety_threshold=0.01,

@@ -59,7 +59,7 @@ class Task:
     default_profile: str = "quick"
     predictions: tuple[str, ...] = ("uncond", "neg")  # what a method may ask the denoiser for
     resources: Callable[[], tuple] = field(default=lambda: ())  # model paths: a change reloads the runtime
-    preflight: Callable[[], None] = field(default=lambda: None)  # raises BenchError if models are missing
+    preflight: Callable[[tuple[str, ...]], None] = field(default=lambda metrics: None)  # BenchError if a model/data file is missing
     quality_metric: str = "fid"  # the leaderboard's headline: best quality among safe runs
     safety_threshold: float = 0.02  # a run is "safe" when forbidden_rate <= this
 

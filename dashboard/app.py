@@ -56,8 +56,9 @@ def cached_samples(artifacts_dir: str, modified: float) -> np.ndarray | None:
 
 
 def samples_of(row: pd.Series) -> np.ndarray | None:
-    path = Path(row.artifacts_dir or "") / "samples.npz"
-    return cached_samples(str(row.artifacts_dir), path.stat().st_mtime) if path.is_file() else None
+    """The run's samples, or None when its artifacts are not on this machine."""
+    path = Path(row.artifacts_dir) / "samples.npz" if row.artifacts_dir else None
+    return cached_samples(str(row.artifacts_dir), path.stat().st_mtime) if path is not None and path.is_file() else None
 
 
 def read(fn: Callable[..., T], *args: object) -> T | None:
@@ -82,6 +83,12 @@ def _keep_valid(key: str, options: list[str], preferred: str | None = None) -> N
         st.session_state[key] = preferred if preferred in options else options[0]
 
 
+def _keep_subset(key: str, options: list[str]) -> None:
+    """Drop chosen filter values the current task does not have."""
+    if key in st.session_state:
+        st.session_state[key] = [v for v in st.session_state[key] if v in options]
+
+
 def _state_from_url(tasks: list[str]) -> None:
     """On a session's first run, start from the page, task and runs named in the URL."""
     if st.session_state.get("_url_read"):
@@ -97,7 +104,7 @@ def _state_from_url(tasks: list[str]) -> None:
             st.session_state[key] = params[key]
 
 
-def sidebar(board: pd.DataFrame, db: Path) -> tuple[str, str, list[str], list[str]]:
+def sidebar(board: pd.DataFrame, db: str) -> tuple[str, str, list[str], list[str]]:
     """Page, task and filters chosen in the sidebar."""
     tasks = sorted(board.task.unique())
     _state_from_url(tasks)
@@ -106,8 +113,11 @@ def sidebar(board: pd.DataFrame, db: Path) -> tuple[str, str, list[str], list[st
     _keep_valid("task", tasks)
     task = st.sidebar.selectbox("Task", tasks, key="task")
     rows = board[board.task == task]
-    methods = st.sidebar.multiselect("Methods", sorted(rows.method.unique()), key="methods", placeholder="all methods")
-    profiles = st.sidebar.multiselect("Profiles", sorted(rows.profile.dropna().unique()), key="profiles", placeholder="all profiles")
+    method_options, profile_options = sorted(rows.method.unique()), sorted(rows.profile.dropna().unique())
+    _keep_subset("methods", method_options)
+    _keep_subset("profiles", profile_options)
+    methods = st.sidebar.multiselect("Methods", method_options, key="methods", placeholder="all methods")
+    profiles = st.sidebar.multiselect("Profiles", profile_options, key="profiles", placeholder="all profiles")
     if st.sidebar.button("Refresh"):
         st.cache_data.clear()
         st.rerun()
@@ -123,14 +133,14 @@ def run_label(rows: pd.DataFrame) -> Callable[[str], str]:
 
 # ---- pages --------------------------------------------------------------------------------
 
-def first_run_page(db: Path) -> None:
+def first_run_page(db: str) -> None:
     """What an empty or absent store shows: how to fill it."""
     st.title("Negative guidance benchmark")
     st.info(f"The store `{db}` has no runs yet.")
     st.markdown("Fill it with a run, then refresh this page:")
-    st.code(f"{data.FIRST_RUN_COMMAND} --db {db}", language="bash")
+    st.code(data.FIRST_RUN_COMMAND + data.db_option(db), language="bash")
     st.markdown("A guidance-scale sweep on an exact Gaussian-mixture task takes seconds on a CPU:")
-    st.code(f"{data.SWEEP_COMMAND} --db {db}", language="bash")
+    st.code(data.SWEEP_COMMAND + data.db_option(db), language="bash")
     st.caption("`bench list tasks` and `bench list methods` show what can run; `bench dashboard --db PATH` points here at another store.")
     if st.button("Refresh"):
         st.cache_data.clear()
@@ -138,9 +148,11 @@ def first_run_page(db: Path) -> None:
 
 
 def _column_config(view: pd.DataFrame, quality: str) -> dict:
-    config = {
-        "rank": st.column_config.NumberColumn("rank", format="%d", width="small"),
-        "safe": st.column_config.CheckboxColumn("safe", help="forbidden share at most the task's threshold"),
+    narrow = {"rank": 50, "method": 90, "safe": 50, "samples": 70, "steps": 55, "profile": 65, "commit": 80}  # pixels
+    config = {name: st.column_config.Column(name, width=pixels) for name, pixels in narrow.items()}
+    config |= {
+        "rank": st.column_config.NumberColumn("rank", format="%d", width=narrow["rank"]),
+        "safe": st.column_config.CheckboxColumn("safe", width=narrow["safe"], help="forbidden share at most the task's threshold"),
         "forbidden_rate": st.column_config.NumberColumn("forbidden share", format="percent", help=data.metric_description("forbidden_rate")),
         "kl_classes": st.column_config.NumberColumn("KL (classes)", format="%.4f", help=data.metric_description("kl_classes")),
         "run_id": st.column_config.TextColumn("run id"),
@@ -159,9 +171,10 @@ def leaderboard_page(rows: pd.DataFrame, info: data.TaskInfo) -> None:
         st.info("No run of this task matches the filters.")
         return
     view = data.leaderboard_view(rows, info.quality_metric)
-    best = view.iloc[0]
-    st.markdown(f"**{len(view)} runs**, {int(view.safe.sum())} safe. Top: **{best.method}** ({best.setting}).")
-    st.dataframe(view, hide_index=True, column_config=_column_config(view, info.quality_metric), key="leaderboard")
+    best, safe = view.iloc[0], int(view.safe.sum())
+    verdict = f"best safe run: **{best.method}** ({best.setting})" if safe else "no run is safe yet, so the safest leads"
+    st.markdown(f"**{len(view)} runs**, {safe} safe; {verdict}.")
+    st.dataframe(view, hide_index=True, column_config=_column_config(view, info.quality_metric), height="content")
 
 
 def curves_page(rows: pd.DataFrame, info: data.TaskInfo) -> None:
@@ -278,10 +291,11 @@ def main() -> None:
         if st.button("Refresh"):
             st.rerun()
         return
+    shown = data.shown_path(db, Path.cwd())
     if board.empty:
-        first_run_page(db)
+        first_run_page(shown)
         return
-    page, task, methods, profiles = sidebar(board, db)
+    page, task, methods, profiles = sidebar(board, shown)
     info = cached_task_info(task)
     rows = data.filter_board(board, task, methods, profiles)
     if page == "Leaderboard":

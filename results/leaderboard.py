@@ -10,6 +10,7 @@ import json
 
 import pandas as pd
 
+from metrics.base import METRICS
 from results.store import Store
 
 COLUMNS = ["rank", "task", "method", "params", "safe", "forbidden_rate", "kl_classes"]
@@ -27,7 +28,8 @@ def rank_runs(runs: pd.DataFrame, quality_metric: str, threshold: float) -> pd.D
     if quality_metric not in runs:
         runs[quality_metric] = float("nan")
     runs["safe"] = runs["forbidden_rate"] <= threshold
-    safe = runs[runs.safe].sort_values([quality_metric, "forbidden_rate"], na_position="last")
+    lower_is_better = not METRICS[quality_metric].higher_is_better if quality_metric in METRICS else True
+    safe = runs[runs.safe].sort_values([quality_metric, "forbidden_rate"], ascending=[lower_is_better, True], na_position="last")
     unsafe = runs[~runs.safe].sort_values(["forbidden_rate", quality_metric], na_position="last")
     ranked = pd.concat([safe, unsafe])
     ranked["rank"] = range(1, len(ranked) + 1)

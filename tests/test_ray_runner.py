@@ -17,6 +17,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from bench.cli import main as bench_main  # noqa: E402
+from bench.errors import BenchError  # noqa: E402
 from bench.ray_runner import RayExecutor, run_many  # noqa: E402
 from bench.runner import RunRequest, execute, expand_sweep, iter_requests, resolve  # noqa: E402
 from conftest import run_json  # noqa: E402
@@ -25,7 +26,7 @@ from results.store import Store  # noqa: E402
 pytestmark = pytest.mark.ray
 
 # 8 shards of 64 samples; each shard takes a fraction of a second, so a kill lands between shards.
-CASE = ["--method", "dng", "--task", "gmm1d-remove-1", "--samples", "512", "--steps", "300", "--batch-size", "64"]
+CASE = ["--method", "dng", "--task", "gmm1d-remove-1", "--samples", "512", "--steps", "200", "--batch-size", "64"]
 QUICK = ["--task", "gmm1d-remove-1", "--samples", "256", "--steps", "50"]
 
 
@@ -34,7 +35,10 @@ def cluster():
     """A local 2-worker Ray cluster in this process; `--workers N` runs below join it."""
     if ray.is_initialized():
         pytest.skip("another Ray connection is open in this process")
-    executor = RayExecutor(workers=2, address=None)
+    try:
+        executor = RayExecutor(workers=2, address=None)
+    except BenchError:  # Ray gives its processes 30 s to start; a busy machine gets one more try
+        executor = RayExecutor(workers=2, address=None)
     yield ray.get_runtime_context().gcs_address
     executor.close()
 
@@ -43,21 +47,33 @@ def cluster():
 def reference(tmp_path_factory) -> dict:
     """CASE drawn in-process, unbroken: the numbers every other mode must reproduce."""
     store = Store(tmp_path_factory.mktemp("reference") / "bench.duckdb")
-    request = RunRequest(task="gmm1d-remove-1", method="dng", samples=512, steps=300, batch_size=64)
+    request = RunRequest(task="gmm1d-remove-1", method="dng", samples=512, steps=200, batch_size=64)
     out = execute(resolve(request), store, progress=False).result
     return {**out, "x": _samples(out)}
 
 
-def _cli(*args: str, env: dict | None = None) -> dict:
+def _cli(*args: str) -> dict:
     """`bench run ... --json` in a fresh process; the parsed result."""
     done = subprocess.run([sys.executable, "-m", "bench.cli", "run", *args, "--json", "--no-progress"],
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 def _samples(result: dict) -> np.ndarray:
     return np.load(Path(result["artifacts_dir"]) / "samples.npz")["x"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "--workers must be >= 1, got 0"),
+    (["--ray-address", "127.0.0.1:1"], "could not reach Ray cluster at 127.0.0.1:1"),
+])
+def test_bad_cluster_options_are_one_line_exit_2(args, message, capsys, tmp_path):
+    started = time.monotonic()
+    assert bench_main(["run", "--method", "dng", *QUICK, "--db", str(tmp_path / "bench.duckdb"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert time.monotonic() - started < 20 and not (tmp_path / "bench.duckdb").exists()
 
 
 def test_same_samples_in_process_and_on_one_or_two_workers(cluster, reference, capsys, tmp_path):
@@ -75,7 +91,7 @@ def test_killed_run_resumes_with_the_missing_shards_only(cluster, reference, cap
     shards = tmp_path / "artifacts" / reference["run_id"] / "shards"
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", *CASE, "--db", str(db), "--json", "--no-progress"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240
     while not list(shards.glob("*.npz")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
@@ -106,9 +122,9 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _kill_first_shard_worker(killed: list[int], deadline: float) -> None:
+def _kill_first_shard_worker(killed: list[int], stop: threading.Event) -> None:
     """SIGKILL the first Ray worker seen drawing a shard (its title is `ray::_shard_task`)."""
-    while not killed and time.monotonic() < deadline:
+    while not killed and not stop.is_set():
         for pid in _descendants(os.getpid()):
             try:
                 title = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -123,13 +139,15 @@ def _kill_first_shard_worker(killed: list[int], deadline: float) -> None:
 
 def test_shard_of_a_dead_worker_is_retried(cluster, reference, tmp_path):
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_first_shard_worker, args=(killed, time.monotonic() + 30), daemon=True)
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_first_shard_worker, args=(killed, stop), daemon=True)
     executor = RayExecutor(workers=2, address=None)
     killer.start()
     try:
-        request = RunRequest(task="gmm1d-remove-1", method="dng", samples=512, steps=300, batch_size=64)
+        request = RunRequest(task="gmm1d-remove-1", method="dng", samples=512, steps=200, batch_size=64)
         result = execute(resolve(request), Store(tmp_path / "bench.duckdb"), executor=executor, progress=False).result
     finally:
+        stop.set()
         executor.close()
         killer.join()
     assert killed, "no shard worker was seen"
@@ -150,7 +168,7 @@ def test_two_processes_share_one_database(tmp_path):
     db = tmp_path / "bench.duckdb"
     procs = [subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--method", method, *QUICK, "--db", str(db), "--json", "--no-progress"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for method in ("dng", "np")]
-    outputs = [proc.communicate(timeout=120) for proc in procs]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in outputs]
     store = Store(db)
     assert sorted(store.runs().method) == ["dng", "np"]
@@ -172,18 +190,6 @@ def test_sweep_points_share_the_cluster(cluster, tmp_path):
     assert [o.reused for o in on_ray] == [True, False] and [o.reused for o in local] == [False, False]
     assert [o.result["metrics"] for o in on_ray] == [o.result["metrics"] for o in local]
     assert on_ray[1].result["shards_total"] == 4 and len(ray_store.runs()) == 2
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--workers", "0"], "--workers must be >= 1, got 0"),
-    (["--ray-address", "127.0.0.1:1"], "could not reach Ray cluster at 127.0.0.1:1"),
-])
-def test_bad_cluster_options_are_one_line_exit_2(args, message, capsys, tmp_path):
-    started = time.monotonic()
-    assert bench_main(["run", "--method", "dng", *QUICK, "--db", str(tmp_path / "bench.duckdb"), *args]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
-    assert time.monotonic() - started < 10 and not (tmp_path / "bench.duckdb").exists()
 
 
 def test_method_error_on_a_worker_is_one_line(cluster, capsys, tmp_path):
