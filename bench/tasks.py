@@ -96,10 +96,9 @@ def register(task: Task) -> None:
 
 
 def _ensure_loaded() -> None:
+    """Import every family module once (a module imported directly first registers only itself)."""
     import importlib
 
-    if _TASKS:
-        return
     for module in _FAMILY_MODULES:
         try:
             importlib.import_module(module)
