@@ -23,7 +23,7 @@ import torch
 
 from bench.artifacts import write_npz_atomic
 from bench.errors import BenchError
-from bench.runner import (InProcessExecutor, Progress, ResolvedRun, RunOutcome, ShardJob, _finish, _load_shard,
+from bench.runner import (InProcessExecutor, Progress, ResolvedRun, RunOutcome, ShardJob, _finish, _load_shard, _runtime,
                           artifacts_root, stored_result)
 from results.store import Store
 
@@ -91,7 +91,7 @@ def _quiet_init(**kwargs) -> None:
 
 
 def _join(address: str) -> None:
-    _probe(address)
+    """Connect this process to a running cluster (already probed)."""
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
@@ -99,6 +99,7 @@ def _join(address: str) -> None:
 
 
 def _start_local(workers: int) -> None:
+    """Start a private single-machine cluster sized for `workers` shards at once."""
     # Ray starts workers at nice 15; a shard should get the CPU share it gets in-process (nice 0).
     os.environ.setdefault("RAY_worker_niceness", "0")
     try:
@@ -198,6 +199,7 @@ class _Point:
 
 def _plan(resolved: ResolvedRun, store: Store, force: bool) -> _Point:
     """Jobs of one run, with shards saved by an earlier attempt counted as done."""
+    _runtime(resolved.task.name)  # load models now: a corrupt checkpoint fails before any shard is drawn
     run_dir = artifacts_root(store) / resolved.run_id
     shard_dir = run_dir / "shards"
     if force and shard_dir.exists():
@@ -238,7 +240,7 @@ def _draw_points(points: list[_Point], store: Store, executor, progress: bool) -
     first = points[0].resolved
     label = f"{len(points)} runs of {first.method.name} on {first.task.name}" if len(points) > 1 else f"{first.method.name} on {first.task.name}"
     bar = Progress(sum(p.resolved.samples for p in points), first.steps, label, progress)
-    bar.bar.update(sum(job.stop - job.start for p in points for job in p.jobs if job.path not in p.missing))
+    bar.add_samples(sum(job.stop - job.start for p in points for job in p.jobs if job.path not in p.missing))
     outcomes: dict[str, RunOutcome] = {}
     sampling_started = time.time()
     try:

@@ -263,14 +263,18 @@ class T2IRuntime(PairedRuntime):
 METRICS_T2I = ("clip_related", "clip_unrelated", "q", "forbidden_rate", "concept_unguided", "guidance_related", "guidance_unrelated")
 
 
-def _preflight(spec: str, path: Path) -> None:
-    """Weights and prompts present, else one line saying how to provide them."""
+CLIP_METRICS = ("clip_related", "clip_unrelated", "q", "forbidden_rate", "concept_unguided")
+
+
+def _preflight(spec: str, path: Path, metrics: tuple[str, ...]) -> None:
+    """Prompts, Stable Diffusion and (if a CLIP metric is wanted) CLIP weights present, else one line saying how."""
     from datasets.stable_diffusion import locate
     from metrics.clip import clip_spec, weights_path
 
     load_prompts(path)
     locate(spec)
-    weights_path(clip_spec())
+    if set(metrics) & set(CLIP_METRICS):
+        weights_path(clip_spec())
 
 
 def _version(spec: str, prompt_bytes: bytes, guidance: float) -> str:
@@ -305,7 +309,7 @@ def _t2i_task(name: str, triplets: tuple[Triplet, ...], spec: str, facts: ModelF
         schedule=facts.schedule,
         predictions=("uncond", "neg", "null"),
         resources=lambda: (spec, str(path), clip_label),
-        preflight=lambda metrics: _preflight(spec, path),
+        preflight=lambda metrics: _preflight(spec, path, metrics),
         quality_metric="q",
         safety_threshold=1.0,  # no safety gate: Q already rewards removing the related object
     )

@@ -19,10 +19,17 @@ import torch
 
 
 def timed(fn) -> tuple[float, object]:
-    """Seconds taken by fn() and its result."""
+    """Wall seconds taken by fn() and its result."""
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
+
+
+def cpu_timed(fn) -> tuple[float, float]:
+    """(wall, this process's CPU) seconds taken by fn(): on a shared machine the two differ."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
@@ -50,10 +57,11 @@ def main() -> None:
 
     sample = images[:args.images, None]
     fid.inception_features(sample[:1])  # warm-up: extractor construction and first-call overheads
-    times = [timed(lambda: fid.inception_features(sample, batch=args.batch))[0] for _ in range(args.repeats)]
-    rate = args.images / statistics.median(times)
-    print(f"features: {rate:.2f} images/s (median of {args.repeats} x {args.images} images, batch {args.batch}; "
-          f"runs {', '.join(f'{t:.1f}' for t in times)} s)")
+    runs = [cpu_timed(lambda: fid.inception_features(sample, batch=args.batch)) for _ in range(args.repeats)]
+    rate = args.images / statistics.median(w for w, _ in runs)
+    cpu_per_image = statistics.median(c for _, c in runs) / args.images
+    print(f"features: {rate:.2f} images/s wall (median of {args.repeats} x {args.images} images, batch {args.batch}; "
+          f"runs {', '.join(f'{w:.1f}' for w, _ in runs)} s), {cpu_per_image:.2f} CPU-s per image")
     print(f"  -> a 4,500-image MNIST reference would take about {4500 / rate / 60:.1f} min uncached")
 
     reference = images[labels != 0][:args.reference, None]

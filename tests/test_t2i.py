@@ -89,17 +89,24 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     return {"BENCH_SD_MODEL": str(build_tiny_sd(root)), "BENCH_CLIP_MODEL": clip_name, "BENCH_CLIP_CHECKPOINT": str(clip_file)}
 
 
+def t2i_module():
+    """bench.task_t2i, imported after the registry has loaded every family (importing it first would stop that)."""
+    import bench.tasks
+
+    bench.tasks.all_tasks()
+    return importlib.import_module("bench.task_t2i")
+
+
 def reload_t2i() -> None:
     """Re-register the text-to-image tasks for the current environment (they read it when registered)."""
     import bench.runner
-    import bench.task_t2i
     import bench.tasks
     import metrics.clip
 
-    bench.tasks.all_tasks()
+    module = t2i_module()
     for name in [n for n, t in bench.tasks._TASKS.items() if t.family == "text-to-image"]:
         del bench.tasks._TASKS[name]
-    importlib.reload(bench.task_t2i)
+    importlib.reload(module)
     getattr(bench.runner, "_cached_runtime", bench.runner._runtime).cache_clear()
     metrics.clip.load_clip.cache_clear()
 
@@ -322,26 +329,24 @@ def test_zero_shot_prefers_the_closer_text():
 
 
 def test_prompt_file_is_valid_and_ours():
-    from bench.task_t2i import PROMPTS_FILE, load_prompts
-
-    triplets = load_prompts(PROMPTS_FILE)
+    t2i = t2i_module()
+    triplets = t2i.load_prompts(t2i.PROMPTS_FILE)
     assert len(triplets) >= 5 and all(t.dng["prior"] == 0.01 for t in triplets)
-    assert "not available to us" in json.loads(PROMPTS_FILE.read_text())["note"]
+    assert "not available to us" in json.loads(t2i.PROMPTS_FILE.read_text())["note"]
 
 
 def test_bad_prompt_file_is_one_line(tmp_path):
-    from bench.task_t2i import load_prompts
-
     bad = tmp_path / "p.json"
     bad.write_text(json.dumps({"triplets": [{"id": "x", "positive": "a"}]}))
     with pytest.raises(BenchError, match="lacks related, unrelated"):
-        load_prompts(bad)
+        t2i_module().load_prompts(bad)
 
 
 # ---- the exact analogue -----------------------------------------------------------------------
 
-ANALOGUE = ["--task", "gmm2d-prompts", "--samples", str(3 * 768), "--steps", "100"]
-DNG = ["--param", "scale=5", "--param", "prior=0.01", "--param", "tau=1", "--param", "delta=0.002"]
+ANALOGUE = ["--task", "gmm2d-prompts", "--samples", str(3 * 512), "--steps", "100"]
+# DNG with the positive prompt's true prior of the related mode (1/3), the exact Bayes filter (tau 1), no offset.
+DNG = ["--param", "scale=2", "--param", "prior=0.33", "--param", "tau=1"]
 
 
 @needs_hooks
@@ -350,12 +355,13 @@ def test_exact_analogue_unrelated_negative(capsys, db):
     assert none["change_related"] == 0.0 and none["change_unrelated"] == 0.0
     exact = run(capsys, "--method", "dng-exact", *ANALOGUE)["metrics"]
     assert exact["change_unrelated"] == 0.0 and exact["forbidden_rate"] < 0.01  # the oracle: p(c-|x, c+) = 0 off the positive set
-    npm = run(capsys, "--method", "np", "--param", "scale=0.5", *ANALOGUE)["metrics"]
+    npm = run(capsys, "--method", "np", "--param", "scale=0.6", *ANALOGUE)["metrics"]
     dng = run(capsys, "--method", "dng", *DNG, *ANALOGUE)["metrics"]
-    # Comparable change on the related arm ...
+    # Comparable change on the related arm (DNG removes the related mode at least as well) ...
     assert abs(dng["modes_changed_related"] - npm["modes_changed_related"]) < 0.1
+    assert dng["forbidden_rate"] <= npm["forbidden_rate"]
     # ... but DNG leaves the unrelated arm (nearly) alone, NP does not (paper §4.2, Fig. 6).
-    assert dng["modes_changed_unrelated"] < 0.25 * npm["modes_changed_unrelated"]
-    assert dng["change_unrelated"] < 0.25 * npm["change_unrelated"]
-    assert dng["guidance_unrelated"] < 0.1 * dng["guidance_related"]
+    assert dng["modes_changed_unrelated"] < 0.4 * npm["modes_changed_unrelated"]
+    assert dng["change_unrelated"] < 0.2 * npm["change_unrelated"]
+    assert dng["guidance_unrelated"] < dng["guidance_related"]
     assert dng["q_modes"] > npm["q_modes"] + 0.2
