@@ -106,15 +106,16 @@ class MnistRuntime:
             generated = FeatureStats.of(_features(self.classifier, x.float()))
             values.append(metric("fid_classifier", frechet_between(generated, reference_stats(self.removed)), n))
         if "fid" in wanted or "fid_all" in wanted:
-            from metrics.fid import inception_fid
             from datasets.mnist import load_mnist
+            from metrics.fid import features_stats
+            from metrics.fid import reference_stats as inception_reference
 
             images, labels_real = load_mnist()
-            generated_uint8 = self.to_artifact(x)
+            generated = features_stats(self.to_artifact(x))  # Inception once for both references
             if "fid" in wanted:
-                values.append(metric("fid", inception_fid(generated_uint8, images[labels_real != self.removed][:, None]), n))
+                values.append(metric("fid", frechet_between(generated, inception_reference(images[labels_real != self.removed][:, None])), n))
             if "fid_all" in wanted:
-                values.append(metric("fid_all", inception_fid(generated_uint8, images[:, None]), n))
+                values.append(metric("fid_all", frechet_between(generated, inception_reference(images[:, None])), n))
         return [v for v in values if v.name in wanted]
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:

@@ -156,8 +156,12 @@ def _ts_geometry(model: torch.jit.ScriptModule, name: str) -> tuple[tuple[int, i
     module = model.net.layers
     for part in name.split("."):
         module = getattr(module, part)
-    pair = lambda v: (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))  # noqa: E731
-    return pair(module.stride), pair(module.padding)
+    return _pair(module.stride), _pair(module.padding)
+
+
+def _pair(value: int | list[int]) -> tuple[int, int]:
+    """An int or a 2-list as a pair (TorchScript stores either)."""
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 def state_dict_from_torchscript(model: torch.jit.ScriptModule) -> dict[str, torch.Tensor]:
@@ -177,7 +181,7 @@ def state_dict_from_torchscript(model: torch.jit.ScriptModule) -> dict[str, torc
     return state
 
 
-def _verify_converted(path: Path, model: torch.jit.ScriptModule) -> torch.nn.Module:
+def _verify_converted(path: Path, model: torch.jit.ScriptModule, ts_names: list[str]) -> torch.nn.Module:
     """Load `path` into torch-fidelity (strict: names and shapes), compare order, stride and padding; the extractor."""
     from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
 
@@ -186,10 +190,10 @@ def _verify_converted(path: Path, model: torch.jit.ScriptModule) -> torch.nn.Mod
     except Exception as exc:  # torch-fidelity raises RuntimeError on missing, unexpected or mis-shaped keys
         raise WeightsError(f"torch-fidelity rejects the converted Inception weights: {exc}") from exc
     fidelity_convs = [n for n, m in extractor.named_modules() if isinstance(m, BasicConv2d)]
-    mapped = [fidelity_name(n) for n in _ts_convs(model)]
+    mapped = [fidelity_name(n) for n in ts_names]
     if mapped != fidelity_convs:
         raise WeightsError("TorchScript conv order does not match torch-fidelity's layer order")
-    for ts_name, target in zip(_ts_convs(model), mapped):
+    for ts_name, target in zip(ts_names, mapped):
         conv = extractor.get_submodule(target).conv
         if _ts_geometry(model, ts_name) != (tuple(conv.stride), tuple(conv.padding)):
             raise WeightsError(f"stride/padding differ between {ts_name} and {target}")
@@ -208,7 +212,7 @@ def convert_weights(dest: Path | None = None, source: Path | None = None) -> Pat
     tmp = _atomic_path(target)
     try:
         torch.save(state_dict_from_torchscript(model), tmp)
-        extractor = _verify_converted(tmp, model)
+        extractor = _verify_converted(tmp, model, list(_ts_convs(model)))
         os.replace(tmp, target)
         _EXTRACTORS.setdefault((str(target), "cpu"), extractor)
     finally:

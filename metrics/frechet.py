@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
 
 @dataclass
@@ -36,15 +35,21 @@ class FeatureStats:
         return mean, cov
 
 
+def _sqrt_psd(cov: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a positive semi-definite matrix (eigenvalues clipped at 0)."""
+    values, vectors = np.linalg.eigh(cov)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
 def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 sqrt(C1 C2)) (Heusel et al. 2017)."""
-    covmean, _ = linalg.sqrtm(cov1 @ cov2, disp=False)
-    if not np.isfinite(covmean).all():
-        # Near-singular covariances: regularise as the reference implementation does.
-        offset = np.eye(len(cov1)) * 1e-6
-        covmean = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
-    covmean = covmean.real
-    return float(np.sum((mean1 - mean2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean))
+    """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 sqrt(C1 C2)) (Heusel et al. 2017).
+
+    Tr sqrt(C1 C2) = Tr sqrt(C1^1/2 C2 C1^1/2), a symmetric PSD matrix: two eigendecompositions
+    instead of scipy's general sqrtm, exact and several times faster at 2048 dimensions.
+    """
+    root1 = _sqrt_psd(cov1)
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ cov2 @ root1), 0.0, None)).sum()
+    return float(np.sum((mean1 - mean2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_covmean)
 
 
 def frechet_between(a: FeatureStats, b: FeatureStats) -> float:

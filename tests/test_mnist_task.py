@@ -88,3 +88,16 @@ def test_our_datasets_package_shadows_hugging_face_safely():
     import transformers  # noqa: F401
 
     assert Path(datasets.__file__).resolve().parent == Path(__file__).resolve().parent.parent / "datasets"
+
+
+def test_frechet_distance_matches_the_general_matrix_square_root():
+    """The eigendecomposition route equals Tr sqrtm(C1 C2) of the reference formula."""
+    from scipy import linalg
+
+    from metrics.frechet import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 20)), rng.normal(size=(60, 20)) * 1.3 + 0.2
+    c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    reference = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(linalg.sqrtm(c1 @ c2).real)
+    assert abs(frechet_distance(a.mean(0), c1, b.mean(0), c2) - reference) < 1e-8
