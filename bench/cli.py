@@ -170,8 +170,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     executor = _executor(args)
     results = []
     try:
-        for point in resolved:
-            outcome = execute(point, _store(args), force=args.force, executor=executor, progress=not args.no_progress)
+        if executor is None:
+            outcomes = (execute(point, _store(args), force=args.force, progress=not args.no_progress) for point in resolved)
+        else:
+            from bench.ray_runner import run_many  # every point's shards in flight together
+
+            outcomes = iter(run_many(resolved, _store(args), executor, force=args.force, progress=not args.no_progress))
+        for outcome in outcomes:
             results.append({**outcome.result, "reused": outcome.reused})
             if not args.json:
                 _print_result(outcome.result, False, outcome.reused)

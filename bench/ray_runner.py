@@ -24,35 +24,13 @@ import torch
 from bench.artifacts import write_npz_atomic
 from bench.errors import BenchError
 from bench.runner import (InProcessExecutor, Progress, ResolvedRun, RunOutcome, ShardJob, _finish, _load_shard, _runtime,
-                          artifacts_root, stored_result)
+                          artifacts_root, draw_shard, shard_jobs, stored_result)
 from results.store import Store
 
 OBJECT_STORE_BYTES = 80 * 1024**2  # shards are small; Ray's default (30% of RAM) is far too much here
 CONNECT_TIMEOUT_S = 3.0
 MAX_RETRIES = 3  # a shard whose worker process dies is re-run this many times
 CPUS_PER_SHARD = 1
-
-try:  # the runner refactor proposed with issue #4; the fallbacks below go once it lands
-    from bench.runner import draw_shard, shard_jobs  # type: ignore[attr-defined]
-except ImportError:
-    import dataclasses
-    import tempfile
-
-    from bench.artifacts import read_npz
-    from bench.runner import run_shard
-
-    def draw_shard(job: ShardJob) -> dict[str, np.ndarray]:
-        """The arrays of one shard: run_shard itself, into a private temporary file read back."""
-        with tempfile.TemporaryDirectory(prefix="bench-shard-") as folder:
-            path = Path(folder) / "shard.npz"
-            run_shard(dataclasses.replace(job, path=str(path)))
-            return read_npz(path)
-
-    def shard_jobs(resolved: ResolvedRun, shard_dir: Path) -> list[ShardJob]:
-        """One job per shard of a resolved run, saved under `shard_dir` (as execute builds them)."""
-        params = resolved.method.config()["params"]
-        return [ShardJob(resolved.task.name, resolved.method_spec, params, resolved.steps, resolved.seed, start, stop,
-                         str(shard_dir / f"{start:09d}-{stop:09d}.npz")) for start, stop in resolved.shards()]
 
 
 def _shard_task(job: ShardJob, threads: int) -> dict[str, np.ndarray]:

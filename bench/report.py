@@ -69,7 +69,7 @@ def write_page(task: str, table: pd.DataFrame, quality: str, threshold: float, p
     shown["method"] = shown["method"].map(lambda m: LABELS.get(m, m))
     safe = table[table.forbidden_rate <= threshold].sort_values(quality)
     best = {LABELS.get(m, m): rows.iloc[0] for m, rows in safe.groupby("method")} if not safe.empty else {}
-    lines = [f"# Results: {task}", "", f"Regenerate with:", "", "```", command, "```", "",
+    lines = [f"# Results: {task}", "", "Regenerate with:", "", "```", command, "```", "",
              f"Headline: the best `{quality}` among runs with forbidden share <= {threshold} (the paper's high-safety regime).", ""]
     for label, row in sorted(best.items(), key=lambda kv: kv[1][quality]):
         lines.append(f"- {label}: {quality} {row[quality]:.4g} at scale {row.scale:g} (forbidden {row.forbidden_rate:.4f}, KL {row.kl_classes:.4f})")

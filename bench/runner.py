@@ -143,8 +143,8 @@ def _cached_runtime(task_name: str, resources: tuple) -> TaskRuntime:
     return get_task(task_name).load()
 
 
-def run_shard(job: ShardJob, on_step: Callable[[int], None] | None = None) -> str:
-    """Draw samples [start, stop) and save them with their traces; returns the shard path."""
+def draw_shard(job: ShardJob, on_step: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Draw samples [start, stop): the arrays a shard file holds (samples, traced steps, traces)."""
     task = get_task(job.task)
     runtime = _runtime(job.task)
     method = method_class(job.method_spec)(_params(job))
@@ -154,8 +154,20 @@ def run_shard(job: ShardJob, on_step: Callable[[int], None] | None = None) -> st
                        dtype=runtime.dtype, exact_trace=runtime.exact_trace, callback=callback,
                        finalize=getattr(runtime, "finalize", None), extra_needs=getattr(runtime, "extra_needs", ()))
     arrays = {f"trace__{k}": v for k, v in traces.arrays().items()}
-    write_npz_atomic(Path(job.path), x=x.cpu().numpy(), trace_t=np.asarray(traces.steps), start=np.asarray(job.start), stop=np.asarray(job.stop), **arrays)
+    return {"x": x.cpu().numpy(), "trace_t": np.asarray(traces.steps), "start": np.asarray(job.start), "stop": np.asarray(job.stop), **arrays}
+
+
+def run_shard(job: ShardJob, on_step: Callable[[int], None] | None = None) -> str:
+    """Draw one shard and save it atomically; returns the shard path."""
+    write_npz_atomic(Path(job.path), **draw_shard(job, on_step))
     return job.path
+
+
+def shard_jobs(resolved: ResolvedRun, shard_dir: Path) -> list[ShardJob]:
+    """One job per shard of a resolved run, saved under `shard_dir`."""
+    params = resolved.method.config()["params"]
+    return [ShardJob(resolved.task.name, resolved.method_spec, params, resolved.steps, resolved.seed, start, stop,
+                     str(shard_dir / f"{start:09d}-{stop:09d}.npz")) for start, stop in resolved.shards()]
 
 
 def _params(job: ShardJob):
@@ -245,8 +257,7 @@ def execute(resolved: ResolvedRun, store: Store, *, force: bool = False, executo
     if force and shard_dir.exists():
         for old in shard_dir.glob("*.npz"):
             old.unlink()
-    jobs = [ShardJob(resolved.task.name, resolved.method_spec, resolved.method.config()["params"], resolved.steps, resolved.seed,
-                     start, stop, str(shard_dir / f"{start:09d}-{stop:09d}.npz")) for start, stop in resolved.shards()]
+    jobs = shard_jobs(resolved, shard_dir)
     done = {job.path: data for job in jobs if (data := _load_shard(Path(job.path), job)) is not None}
     todo = [job for job in jobs if job.path not in done]
     bar = Progress(resolved.samples, resolved.steps, f"{resolved.method.name} on {resolved.task.name}", progress)
