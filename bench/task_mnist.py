@@ -24,7 +24,7 @@ VERSION = "1"
 WEIGHTS = Path(__file__).resolve().parent.parent / "datasets" / "weights"
 N_CLASSES = 10
 PROFILES = {
-    "quick": Profile(samples=512, steps=50, batch_size=256, metrics=("forbidden_rate", "kl_classes", "fid_classifier")),
+    "quick": Profile(samples=256, steps=50, batch_size=256, metrics=("forbidden_rate", "kl_classes", "fid_classifier")),
     "paper": Profile(samples=10_240, steps=1000, batch_size=512),
 }
 METRICS = ("forbidden_rate", "kl_classes", "fid_classifier", "fid", "fid_all")
