@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="draw shards on a local Ray cluster with N workers")
     p.add_argument("--ray-address", help="join an existing Ray cluster (or set RAY_ADDRESS)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--prompts", type=Path, help="prompt-triplet JSON for text-to-image tasks (default: $BENCH_PROMPTS or datasets/prompts/paper_scenes.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +227,8 @@ COMMANDS = {"list": cmd_list, "describe": cmd_describe, "run": cmd_run, "sweep":
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "prompts", None) is not None:  # text-to-image tasks read it when the task registry loads
+            os.environ["BENCH_PROMPTS"] = str(args.prompts.resolve())
         return COMMANDS[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -150,9 +150,13 @@ def draw_shard(job: ShardJob, on_step: Callable[[int], None] | None = None) -> d
     method = method_class(job.method_spec)(_params(job))
     chain = task.schedule.steps(job.steps)
     callback = (lambda info: on_step(job.stop - job.start)) if on_step else None
-    x, traces = sample(runtime.denoiser, method, chain, np.arange(job.start, job.stop), job.seed, task.shape,
+    ids = np.arange(job.start, job.stop)
+    if hasattr(runtime, "bind_samples"):  # per-sample conditioning: the prompt and arm of each sample (text-to-image)
+        runtime.bind_samples(ids)
+    x, traces = sample(runtime.denoiser, method, chain, ids, job.seed, task.shape,
                        dtype=runtime.dtype, exact_trace=runtime.exact_trace, callback=callback,
-                       finalize=getattr(runtime, "finalize", None), extra_needs=getattr(runtime, "extra_needs", ()))
+                       finalize=getattr(runtime, "finalize", None), extra_needs=getattr(runtime, "extra_needs", ()),
+                       noise_keys=runtime.noise_keys(ids) if hasattr(runtime, "noise_keys") else None)
     arrays = {f"trace__{k}": v for k, v in traces.arrays().items()}
     return {"x": x.cpu().numpy(), "trace_t": np.asarray(traces.steps), "start": np.asarray(job.start), "stop": np.asarray(job.stop), **arrays}
 

@@ -52,9 +52,11 @@ def sample(
     callback: Callback | None = None,
     finalize: Callable[[torch.Tensor, Predictions], torch.Tensor] | None = None,
     extra_needs: tuple[str, ...] = (),
+    noise_keys: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, Traces]:
-    """Draw the samples `sample_ids` with `method`; noise depends only on (seed, sample id)."""
-    draw = lambda step_index: noise.gaussian(seed, sample_ids, step_index, shape).to(device=device, dtype=dtype)  # noqa: E731
+    """Draw the samples `sample_ids` with `method`; noise depends only on (seed, noise key of the sample id)."""
+    keys = sample_ids if noise_keys is None else np.asarray(noise_keys)  # samples sharing a key share all their noise (paired arms)
+    draw = lambda step_index: noise.gaussian(seed, keys, step_index, shape).to(device=device, dtype=dtype)  # noqa: E731
     x = draw(noise.INITIAL)
     state = method.init_state(len(sample_ids), x)
     traces = Traces()

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from bench.schedule import Step
-from bench.task_t2i import RELATED, UNRELATED, PairedLayout, PairedRuntime, guidance_metrics, register_metrics
+from bench.task_t2i import ARMS, UNRELATED, PairedLayout, PairedRuntime, guidance_metrics
 from bench.tasks import Profile, Task, register
 from datasets.gmm_prompts import PROBLEM, PromptProblem
-from metrics.base import MetricInfo, MetricValue, metric
+from metrics.base import MetricValue, metric
 from metrics.distances import wasserstein_to_mixture
 
 VERSION = "1"
@@ -24,16 +24,6 @@ PROFILES = {
     "quick": Profile(samples=LAYOUT.rows(2048), steps=500, batch_size=LAYOUT.rows(2048)),
     "paper": Profile(samples=LAYOUT.rows(32_768), steps=1000, batch_size=LAYOUT.rows(8192)),
 }
-NEW_METRICS = (
-    MetricInfo("change_related", True, "mean L2 distance between related-arm samples and their unguided twins (same noise)"),
-    MetricInfo("change_unrelated", False, "mean L2 distance between unrelated-arm samples and their unguided twins (should be 0)"),
-    MetricInfo("modes_changed_related", True, "share of related-arm samples whose mode differs from their unguided twin's"),
-    MetricInfo("modes_changed_unrelated", False, "share of unrelated-arm samples whose mode differs from their unguided twin's (should be 0)"),
-    MetricInfo("q_modes", True, "exact analogue of Q (Eq. 22) with similarity = same mode as the unguided twin: modes_changed_related - modes_changed_unrelated"),
-    MetricInfo("w1_related", False, "sliced Wasserstein-1 of the related arm to its ideal outcome: the positive set without the related mode"),
-    MetricInfo("w1_unrelated", False, "sliced Wasserstein-1 of the unrelated arm to its ideal outcome: the positive set unchanged"),
-)
-register_metrics(NEW_METRICS)
 METRICS = ("change_related", "change_unrelated", "modes_changed_related", "modes_changed_unrelated", "q_modes",
            "forbidden_rate", "w1_related", "w1_unrelated", "guidance_related", "guidance_unrelated")
 
@@ -116,7 +106,7 @@ def _task(problem: PromptProblem) -> Task:
         metrics=METRICS,
         profiles=PROFILES,
         load=lambda: GMMPromptsRuntime(problem),
-        details=lambda: {**problem.as_dict(), "n_classes": len(problem.mixture.weights), "arms": ["reference", "related", "unrelated"],
+        details=lambda: {**problem.as_dict(), "n_classes": len(problem.mixture.weights), "arms": list(ARMS),
                          "layout": "sample i: arm i % 3, noise key i // 3", "positive_cfg": 1.0},
         predictions=("uncond", "neg", "null", "remember", "posterior_logit"),
         quality_metric="change_unrelated",

@@ -33,7 +33,7 @@ import torch
 from bench.errors import BenchError
 from bench.schedule import Step
 from bench.tasks import Profile, Task, register
-from metrics.base import METRICS, MetricInfo, MetricValue, metric
+from metrics.base import MetricValue, metric
 
 if TYPE_CHECKING:
     from datasets.stable_diffusion import ModelFacts
@@ -44,21 +44,6 @@ VERSION = "1"
 CFG_SCALE = 7.5  # positive guidance w (diffusers' default for Stable Diffusion)
 PROMPTS_FILE = Path(__file__).resolve().parent.parent / "datasets" / "prompts" / "paper_scenes.json"
 
-# New metric names (shared with the exact analogue); the lead moves these into metrics/base.py.
-NEW_METRICS = (
-    MetricInfo("concept_unguided", False, "share of unguided reference images in which the CLIP zero-shot judge sees the related negative concept (negative prompt vs a neutral text, p > 0.5); method-independent baseline for forbidden_rate"),
-    MetricInfo("guidance_related", True, "mean traced guidance scale over steps and related-arm samples (diagnostic: guidance should engage)"),
-    MetricInfo("guidance_unrelated", False, "mean traced guidance scale over steps and unrelated-arm samples (should switch off)"),
-)
-
-
-def register_metrics(infos: tuple[MetricInfo, ...]) -> None:
-    """Add metric names this family reports to the shared table (idempotent)."""
-    for info in infos:
-        METRICS.setdefault(info.name, info)
-
-
-register_metrics(NEW_METRICS)
 
 
 # ---- paired arms (shared with bench/task_gmm_prompts.py) ------------------------------------

@@ -13,7 +13,7 @@ from bench.errors import BenchError, did_you_mean
 from methods.base import GuidanceMethod
 
 ENTRY_POINT_GROUP = "negguide.methods"
-_BUILTIN_MODULES = ("unguided", "negative_prompting", "sld", "dng", "oracles")
+_BUILTIN_MODULES = ("unguided", "negative_prompting", "sld", "sld_diffusers", "dng", "oracles")
 
 
 def _builtin() -> dict[str, type[GuidanceMethod]]:

@@ -33,6 +33,16 @@ _INFOS = [
     MetricInfo("clip_related", True, "CLIP cosine between guided and unguided images, related negative prompt (raw cosine)"),
     MetricInfo("clip_unrelated", True, "CLIP cosine between guided and unguided images, unrelated negative prompt (raw cosine)"),
     MetricInfo("q", True, "Q = CS(unguided, unrelated) - CS(unguided, related) (paper Eq. 22)"),
+    MetricInfo("concept_unguided", False, "share of unguided reference images in which the CLIP zero-shot judge sees the related negative concept (negative prompt vs a neutral text, p > 0.5); method-independent baseline for forbidden_rate"),
+    MetricInfo("guidance_related", True, "mean traced guidance scale over steps and related-arm samples (diagnostic: guidance should engage)"),
+    MetricInfo("guidance_unrelated", False, "mean traced guidance scale over steps and unrelated-arm samples (should switch off)"),
+    MetricInfo("change_related", True, "mean L2 distance between related-arm samples and their unguided twins (same noise)"),
+    MetricInfo("change_unrelated", False, "mean L2 distance between unrelated-arm samples and their unguided twins (should be 0)"),
+    MetricInfo("modes_changed_related", True, "share of related-arm samples whose mode differs from their unguided twin's"),
+    MetricInfo("modes_changed_unrelated", False, "share of unrelated-arm samples whose mode differs from their unguided twin's (should be 0)"),
+    MetricInfo("q_modes", True, "exact analogue of Q (Eq. 22) with similarity = same mode as the unguided twin: modes_changed_related - modes_changed_unrelated"),
+    MetricInfo("w1_related", False, "sliced Wasserstein-1 of the related arm to its ideal outcome: the positive set without the related mode"),
+    MetricInfo("w1_unrelated", False, "sliced Wasserstein-1 of the unrelated arm to its ideal outcome: the positive set unchanged"),
 ]
 METRICS: dict[str, MetricInfo] = {info.name: info for info in _INFOS}
 

@@ -335,6 +335,21 @@ def test_prompt_file_is_valid_and_ours():
     assert "not available to us" in json.loads(t2i.PROMPTS_FILE.read_text())["note"]
 
 
+def test_user_prompt_file_via_env(monkeypatch, tmp_path):
+    default_version = get_task("sd2-related-unrelated").version
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"triplets": [{"id": "kitchen", "positive": "a kitchen", "related": "a kettle", "unrelated": "a whale"}]}))
+    monkeypatch.setenv("BENCH_PROMPTS", str(mine))
+    reload_t2i()
+    try:
+        single, every = get_task("sd2-kitchen"), get_task("sd2-related-unrelated")
+        assert single.profile("paper").samples == 3 * 32 and every.profile("quick").samples == 3
+        assert every.version != default_version  # the prompts are part of the task version
+    finally:
+        monkeypatch.undo()
+        reload_t2i()
+
+
 def test_bad_prompt_file_is_one_line(tmp_path):
     bad = tmp_path / "p.json"
     bad.write_text(json.dumps({"triplets": [{"id": "x", "positive": "a"}]}))
