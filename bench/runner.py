@@ -147,7 +147,7 @@ def draw_shard(job: ShardJob, on_step: Callable[[int], None] | None = None) -> d
     """Draw samples [start, stop): the arrays a shard file holds (samples, traced steps, traces)."""
     task = get_task(job.task)
     runtime = _runtime(job.task)
-    method = method_class(job.method_spec)(_params(job))
+    method = _method(job)
     chain = task.schedule.steps(job.steps)
     callback = (lambda info: on_step(job.stop - job.start)) if on_step else None
     ids = np.arange(job.start, job.stop)
@@ -174,9 +174,10 @@ def shard_jobs(resolved: ResolvedRun, shard_dir: Path) -> list[ShardJob]:
                      str(shard_dir / f"{start:09d}-{stop:09d}.npz")) for start, stop in resolved.shards()]
 
 
-def _params(job: ShardJob):
+def _method(job: ShardJob) -> GuidanceMethod:
+    """The job's method, its class resolved once (a user's file is executed once per shard)."""
     cls = method_class(job.method_spec)
-    return cls.Params(**job.params)
+    return cls(cls.Params(**job.params))
 
 
 def _load_shard(path: Path, job: ShardJob) -> dict[str, np.ndarray] | None:
