@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from bench.errors import BenchError
+from negguide.methods.errors import BenchError, MethodError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -21,14 +20,17 @@ def _key_values(pairs: list[str]) -> dict[str, str]:
     values = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise BenchError(f"--param expects key=value, got {pair!r}")
+        if key.strip() in values:
+            raise BenchError(f"--param {key.strip()} is given twice ({values[key.strip()]!r} and {value.strip()!r}); give it once "
+                             f"(a sweep takes a comma-separated list: {key.strip()}=a,b)")
         values[key.strip()] = value.strip()
     return values
 
 
 def _store(args: argparse.Namespace):
-    from results.store import Store
+    from negguide.results.store import Store
 
     return Store(args.db)
 
@@ -49,6 +51,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", help="join an existing Ray cluster (or set RAY_ADDRESS)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--prompts", type=Path, help="prompt-triplet JSON for text-to-image tasks (default: $BENCH_PROMPTS or datasets/prompts/paper_scenes.json)")
+    p.add_argument("--device", help="where to sample and judge in this process: cpu, cuda, cuda:1 ... (default: the task's, else the GPU when there is one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,15 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
-        from methods.registry import available_methods
+        from negguide.methods.registry import available_methods
 
         table = available_methods()
     elif args.what == "tasks":
-        from bench.tasks import all_tasks
+        from negguide.bench.tasks import all_tasks
 
         table = {name: task.description for name, task in sorted(all_tasks().items())}
     else:
-        from metrics.base import METRICS
+        from negguide.metrics.base import METRICS
 
         table = {name: ("higher" if m.higher_is_better else "lower") + " is better; " + m.description for name, m in METRICS.items()}
     if args.json:
@@ -106,11 +109,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     if args.kind == "task":
-        from bench.tasks import get_task
+        from negguide.bench.tasks import get_task
 
         info = get_task(args.name).describe()
     else:
-        from methods.registry import method_class, parameter_table
+        from negguide.methods.registry import method_class, parameter_table
 
         cls = method_class(args.name)
         info = {"name": cls.name, "summary": cls.summary, "needs": list(cls.needs), "parameters": parameter_table(cls)}
@@ -119,24 +122,37 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _request(args: argparse.Namespace, params: dict[str, str]):
-    from bench.runner import RunRequest
+    from negguide.bench.run import RunRequest
 
     return RunRequest(task=args.task, method=args.method, params=params, samples=args.samples, steps=args.steps,
-                      batch_size=args.batch_size, seed=args.seed, profile=args.profile)
+                      batch_size=args.batch_size, seed=args.seed, profile=args.profile, prompts=args.prompts)
 
 
 def _executor(args: argparse.Namespace):
-    """In-process unless --workers or a Ray address asks for Ray."""
-    import os
-
-    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    """In-process unless --workers or --ray-address asks for Ray (RAY_ADDRESS then names the cluster)."""
     if args.workers is None and not args.ray_address:
-        return None
+        from negguide.bench.run import InProcessExecutor
+
+        return InProcessExecutor(args.device)
     if args.workers is not None and args.workers < 1:
         raise BenchError(f"--workers must be >= 1, got {args.workers}")
-    from bench.ray_runner import RayExecutor
+    from negguide.bench.run.ray import RayExecutor
 
-    return RayExecutor(workers=args.workers, address=address)
+    return RayExecutor(workers=args.workers, address=args.ray_address)
+
+
+def _execute(args: argparse.Namespace, requests: list) -> list:
+    """Resolve every request, then run them all through the one engine; the store is checked first."""
+    from negguide.bench.run import resolve_all, run_all
+
+    store = _store(args)
+    store.check(writing=True)
+    resolved = resolve_all(requests)
+    executor = _executor(args)
+    try:
+        return run_all(resolved, store, executor, force=args.force, progress=not args.no_progress, device=args.device)
+    finally:
+        executor.close()
 
 
 def _print_result(result: dict, as_json: bool, reused: bool) -> None:
@@ -151,49 +167,30 @@ def _print_result(result: dict, as_json: bool, reused: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.runner import execute, resolve
-
-    resolved = resolve(_request(args, _key_values(args.param)))
-    executor = _executor(args)
-    try:
-        outcome = execute(resolved, _store(args), force=args.force, executor=executor, progress=not args.no_progress)
-    finally:
-        if executor is not None:
-            executor.close()
+    (outcome,) = _execute(args, [_request(args, _key_values(args.param))])
     _print_result(outcome.result, args.json, outcome.reused)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.runner import execute, expand_sweep, iter_requests
+    from negguide.bench.run import expand_sweep
 
     grid = {key: value.split(",") for key, value in _key_values(args.param).items()}
-    resolved = iter_requests(expand_sweep(_request(args, {}), grid))
-    executor = _executor(args)
-    results = []
-    try:
-        if executor is None:
-            outcomes = (execute(point, _store(args), force=args.force, progress=not args.no_progress) for point in resolved)
-        else:
-            from bench.ray_runner import run_many  # every point's shards in flight together
-
-            outcomes = iter(run_many(resolved, _store(args), executor, force=args.force, progress=not args.no_progress))
-        for outcome in outcomes:
-            results.append({**outcome.result, "reused": outcome.reused})
-            if not args.json:
-                _print_result(outcome.result, False, outcome.reused)
-    finally:
-        if executor is not None:
-            executor.close()
+    outcomes = _execute(args, expand_sweep(_request(args, {}), grid))
     if args.json:
-        print(json.dumps(results, sort_keys=True))
+        print(json.dumps([{**o.result, "reused": o.reused} for o in outcomes], sort_keys=True))
+    else:
+        for outcome in outcomes:
+            _print_result(outcome.result, False, outcome.reused)
     return 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from results.leaderboard import leaderboard_table
+    from negguide.results.leaderboard import leaderboard_table
 
-    table = leaderboard_table(_store(args), args.task)
+    store = _store(args)
+    store.check(writing=False)
+    table = leaderboard_table(store, args.task)
     if table.empty:
         print("the store is empty; fill it with e.g. `bench run --method dng --task mnist-remove-0`")
         return 0
@@ -206,16 +203,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.rest[:1] == ["cifar10-forget"]:
-        from datasets.cifar10 import main as cifar10_main
+        from negguide.bench.train_cifar10 import main as cifar10_main
 
-        return int(cifar10_main(["finetune", *args.rest[1:]]) or 0)
-    from bench.train import main as train_main
+        return int(cifar10_main(args.rest) or 0)
+    from negguide.bench.train import main as train_main
 
     return int(train_main(args.rest) or 0)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from dashboard.launch import launch
+    from negguide.dashboard.launch import launch
 
     return launch(args.db, args.port, args.host)
 
@@ -227,9 +224,12 @@ COMMANDS = {"list": cmd_list, "describe": cmd_describe, "run": cmd_run, "sweep":
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if getattr(args, "prompts", None) is not None:  # text-to-image tasks read it when the task registry loads
-            os.environ["BENCH_PROMPTS"] = str(args.prompts.resolve())
         return COMMANDS[args.command](args)
+    except MethodError as exc:  # the method's author needs its own frames, after the one-line summary
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.frames:
+            print("the method's own frames (most recent call last):\n" + exc.frames.rstrip(), file=sys.stderr)
+        return 2
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Quality of the shipped MNIST DDPM, unguided: class balance and Fréchet distances.
 
-    python -m bench.model_quality --samples 1000 --steps 50 [--inception] --out docs/mnist-model
+    python -m negguide.bench.model_quality --samples 1000 --steps 50 [--inception] --out docs/mnist-model
 
 Writes quality.json and an unguided sample grid; every figure in the README comes from here.
 """
@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from bench.artifacts import image_grid_png
-from bench.sampler import sample
-from bench.task_mnist import MnistRuntime, _features, reference_stats
-from bench.tasks import get_task
-from metrics.classes import class_histogram
-from metrics.frechet import FeatureStats, frechet_between
-from methods import load_method
+from negguide.bench.run.shards import pick_device, runtime_for
+from negguide.bench.sampler import sample
+from negguide.bench.tasks import get_task
+from negguide.bench.tasks.mnist import reference_stats
+from negguide.methods import load_method
+from negguide.metrics.classes import class_histogram
+from negguide.metrics.frechet import FeatureStats, frechet_between
+from negguide.results.artifacts import image_grid_png
 
 
 def kl_to_uniform(labels: np.ndarray, n_classes: int = 10) -> float:
@@ -39,27 +41,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     task = get_task("mnist-remove-0")
-    runtime = MnistRuntime(removed=0)
+    device = pick_device(task)
+    runtime = runtime_for(task, device)
     chain = task.schedule.steps(args.steps)
     started = time.time()
-    parts = [sample(runtime.denoiser, load_method("none"), chain, np.arange(a, min(a + args.batch_size, args.samples)), args.seed, task.shape)[0]
-             for a in range(0, args.samples, args.batch_size)]
-    x = np.concatenate([p.numpy() for p in parts])
+    with torch.inference_mode():
+        parts = [sample(load_method("none"), runtime.condition(np.arange(a, min(a + args.batch_size, args.samples))), chain, args.seed,
+                        task.shape, device=device)[0].cpu() for a in range(0, args.samples, args.batch_size)]
+    xt = torch.cat(parts)
     sampling_s = time.time() - started
-    import torch
-
-    xt = torch.from_numpy(x)
-    labels = runtime.class_labels(xt)
-    images = runtime.to_artifact(xt)
+    records = runtime.judge(xt, {}, ()).records
+    labels, images = records["label"], runtime.to_artifact(xt)
     report = {
-        "samples": args.samples, "steps": args.steps, "seed": args.seed, "sampling_s": round(sampling_s, 1),
+        "samples": args.samples, "steps": args.steps, "seed": args.seed, "sampling_s": round(sampling_s, 1), "device": str(device),
         "class_histogram": class_histogram(labels, 10).tolist(),
         "kl_to_uniform": kl_to_uniform(labels),
-        "fid_classifier_all": frechet_between(FeatureStats.of(_features(runtime.classifier, xt)), reference_stats(None)),
+        "confident_share": float(np.mean(records["confidence"] > 0.9)),
+        "fid_classifier_all": frechet_between(FeatureStats.of(records["features"]), reference_stats(None)),
     }
     if args.inception:
-        from datasets.mnist import load_mnist
-        from metrics.fid import inception_fid
+        from negguide.datasets.mnist import load_mnist
+        from negguide.metrics.fid import inception_fid
 
         real, _ = load_mnist()
         report["fid_inception_all"] = inception_fid(images, real[:, None])

@@ -1,6 +1,6 @@
 """A results page for one removal task: unguided, NP, SLD and DNG over guidance sweeps.
 
-    python -m bench.report --task mnist-remove-0 --out docs/results/mnist-remove-0
+    python -m negguide.bench.report --task mnist-remove-0 --out docs/results/mnist-remove-0
 
 Runs (or reuses from the store) every point, then writes README.md with the table and
 safety-vs-quality / safety-vs-KL plots (paper Fig. 4 / 14). Every number on the page comes
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.runner import RunRequest, execute, resolve
-from results.leaderboard import headline_of
-from results.store import Store
+from negguide.bench.run import RunRequest, resolve, run_one
+from negguide.results.leaderboard import headline_of
+from negguide.results.store import Store
 
 DEFAULT_GRID = {"none": ["0"], "np": ["0.25", "0.5", "1", "2"], "sld": ["0.25", "0.5", "1", "2"], "dng": ["1", "2.5", "5", "10", "20"]}
 LABELS = {"none": "unguided", "np": "NP", "sld": "SLD", "dng": "DNG"}
@@ -29,7 +29,7 @@ def run_grid(task: str, grid: dict[str, list[str]], fixed: dict[str, dict[str, s
     for method, scales in grid.items():
         for scale in scales:
             params = {**fixed.get(method, {}), "scale": scale}
-            outcome = execute(resolve(RunRequest(task=task, method=method, params=params, samples=samples, steps=steps, seed=seed)), store)
+            outcome = run_one(resolve(RunRequest(task=task, method=method, params=params, samples=samples, steps=steps, seed=seed)), store)
             rows.append({"method": method, "scale": float(scale), **outcome.result["metrics"], "samples": outcome.result["samples"],
                          "steps": outcome.result["steps"], "run_id": outcome.run_id, "wall_s": outcome.result["timings"].get("total_s")})
     return pd.DataFrame(rows)
@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.db)
     args.out.mkdir(parents=True, exist_ok=True)
     table = run_grid(args.task, args.grid, args.fixed, store, args.samples, args.steps, args.seed)
-    quality, threshold = headline_of(args.task)
+    quality, threshold = headline_of(store, args.task)
     plots = plot_curves(table, quality, args.out)
-    command = "python -m bench.report " + " ".join(f"'{a}'" if " " in a or "{" in a else a for a in (argv if argv is not None else __import__("sys").argv[1:]))
+    command = "python -m negguide.bench.report " + " ".join(f"'{a}'" if " " in a or "{" in a else a for a in (argv if argv is not None else __import__("sys").argv[1:]))
     write_page(args.task, table, quality, threshold, plots, command, args.out)
     print(f"wrote {args.out / 'README.md'}")
     return 0

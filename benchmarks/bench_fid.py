@@ -14,7 +14,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 
@@ -43,9 +42,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["BENCH_CACHE"] = args.cache or tempfile.mkdtemp(prefix="bench-fid-")
 
-    from datasets.mnist import load_mnist
-    from metrics import fid
-    from metrics.frechet import frechet_between
+    from negguide.datasets.mnist import load_mnist
+    from negguide.metrics import fid
+    from negguide.metrics.frechet import frechet_between
 
     images, labels = load_mnist()
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, "

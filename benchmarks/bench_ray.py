@@ -23,10 +23,10 @@ from pathlib import Path
 
 import ray
 
-from bench.errors import BenchError
-from bench.ray_runner import RayExecutor
-from bench.runner import ResolvedRun, RunRequest, execute, resolve
-from results.store import Store
+from negguide.bench.run.engine import ResolvedRun, RunRequest, execute, resolve
+from negguide.bench.run.ray import RayExecutor
+from negguide.methods.errors import BenchError
+from negguide.results.store import Store
 
 
 @ray.remote

@@ -14,12 +14,12 @@ import time
 import numpy as np
 import torch
 
-from bench import noise
-from bench.sampler import sample
-from bench.schedule import Schedule
-from datasets.bundles import ConditionalBundle
-from datasets.mnist_models import NULL_LABEL, DDPMConfig, build_unet
-from methods import load_method
+from negguide.bench import noise
+from negguide.bench.sampler import sample
+from negguide.datasets.bundles import ConditionalBundle
+from negguide.datasets.mnist_models import NULL_LABEL, DDPMConfig, build_unet
+from negguide.methods import load_method
+from negguide.methods.schedule import Schedule
 
 
 @torch.no_grad()

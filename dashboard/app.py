@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from bench.artifacts import image_grid_png
-from dashboard import data, plots
-from results.store import Store
+from negguide.dashboard import data, plots
+from negguide.results.artifacts import image_grid_png
+from negguide.results.store import Store
 
 PAGES = ("Leaderboard", "Curves", "Run detail", "Compare")
 CACHE_SECONDS = 5.0  # new runs show up within this long without a manual refresh
@@ -44,9 +44,9 @@ def cached_class_counts(db: str, run_id: str) -> pd.DataFrame:
     return Store(db).class_counts(run_id)
 
 
-@st.cache_data(show_spinner=False)
-def cached_task_info(task: str) -> data.TaskInfo:
-    return data.task_info(task)
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def cached_task_info(db: str, task: str) -> data.TaskInfo:
+    return data.task_info(Store(db), task)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -296,7 +296,7 @@ def main() -> None:
         first_run_page(shown)
         return
     page, task, methods, profiles = sidebar(board, shown)
-    info = cached_task_info(task)
+    info = cached_task_info(str(db), task)
     rows = data.filter_board(board, task, methods, profiles)
     if page == "Leaderboard":
         leaderboard_page(rows, info)

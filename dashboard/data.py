@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from bench.artifacts import read_npz
-from metrics.base import METRICS
-from results.leaderboard import headline_of, rank_runs
-from results.store import DEFAULT_DB, Store
+from negguide.metrics.base import METRICS
+from negguide.results.artifacts import read_npz
+from negguide.results.leaderboard import headline_of, rank_runs
+from negguide.results.store import DEFAULT_DB, Store
 
 UNGUIDED = "none"
 FIRST_RUN_COMMAND = "bench run --method dng --task mnist-remove-0"
@@ -66,20 +64,14 @@ def db_option(shown: str) -> str:
     return "" if Path(shown) == DEFAULT_DB else f" --db {shown}"
 
 
-def task_info(name: str) -> TaskInfo:
-    """The task's headline, removed class and details, tolerant of unknown or failing tasks."""
-    from bench.tasks import all_tasks
-
-    quality, threshold = headline_of(name)
-    task = all_tasks().get(name)
-    if task is None:
+def task_info(store: Store, name: str) -> TaskInfo:
+    """The task's headline, removed class and details as its runs recorded them (defaults for older stores)."""
+    quality, threshold = headline_of(store, name)
+    info = store.info("task_info", name)
+    if not info:
         suffix = name.rsplit("-", 1)[-1]
         return TaskInfo(name, "unknown", int(suffix) if suffix.isdigit() else None, quality, threshold)
-    try:
-        details = dict(task.details())
-    except Exception:  # details are decoration: a task whose files are missing still gets its pages
-        details = {}
-    return TaskInfo(name, task.family, task.removed, quality, threshold, details)
+    return TaskInfo(name, info.get("family", "unknown"), info.get("removed"), quality, threshold, dict(info.get("details", {})))
 
 
 def higher_is_better(metric: str) -> bool:
@@ -99,30 +91,18 @@ def _format_value(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-@lru_cache(maxsize=64)
-def _method_defaults(method: str) -> dict:
-    """Default parameters of a registered method; {} when it cannot be loaded here."""
-    try:
-        from methods.registry import method_class
-
-        return dataclasses.asdict(method_class(method).Params())
-    except Exception:  # a user's method file may be gone: show all its parameters instead
-        return {}
-
-
-def other_params_label(method: str, params: dict) -> str:
+def other_params_label(params: dict, defaults: dict) -> str:
     """Non-default parameters other than `scale`: what tells one sweep line from another."""
-    defaults = _method_defaults(method)
     changed = {k: v for k, v in sorted(params.items()) if k != "scale" and (k not in defaults or defaults[k] != v)}
     return ", ".join(f"{k}={_format_value(v)}" for k, v in changed.items())
 
 
-def setting_label(method: str, params: dict) -> str:
+def setting_label(method: str, params: dict, defaults: dict) -> str:
     """The guidance scale and the non-default parameters, short enough for a table cell."""
     if method == UNGUIDED:
         return "unguided"
     parts = [f"scale={_format_value(params['scale'])}"] if "scale" in params else []
-    other = other_params_label(method, params)
+    other = other_params_label(params, defaults)
     return ", ".join(parts + ([other] if other else []))
 
 
@@ -132,17 +112,20 @@ def metric_columns(wide: pd.DataFrame) -> list[str]:
     return [c for c in HEADLINE_FIRST if c in names] + sorted(c for c in names if c not in HEADLINE_FIRST)
 
 
-def build_board(wide: pd.DataFrame) -> pd.DataFrame:
-    """Every task's runs ranked by the shared headline (rank_runs), with display fields added."""
+def build_board(store: Store, wide: pd.DataFrame) -> pd.DataFrame:
+    """Every task's runs ranked by the shared headline (rank_runs), with display fields added.
+
+    Headlines and method defaults come from the store (what the runs recorded), never from the registries."""
     if wide.empty:
         return wide.assign(rank=pd.Series(dtype=int), safe=pd.Series(dtype=bool))
-    frames = [rank_runs(runs, *headline_of(task)) for task, runs in wide.groupby("task", sort=True)]
+    frames = [rank_runs(runs, *headline_of(store, task)) for task, runs in wide.groupby("task", sort=True)]
     board = pd.concat(frames, ignore_index=True)
     params = board["params"].map(json.loads)
     board["scale"] = [p.get("scale") if m != UNGUIDED else None for m, p in zip(board.method, params)]
     board["scale"] = board["scale"].astype(float)
-    board["setting"] = [setting_label(m, p) for m, p in zip(board.method, params)]
-    board["line"] = [m + (f" ({o})" if (o := other_params_label(m, p)) else "") for m, p in zip(board.method, params)]
+    defaults = {m: store.info("method_info", m).get("defaults", {}) for m in board.method.unique()}
+    board["setting"] = [setting_label(m, p, defaults[m]) for m, p in zip(board.method, params)]
+    board["line"] = [m + (f" ({o})" if (o := other_params_label(p, defaults[m])) else "") for m, p in zip(board.method, params)]
     board["date"] = pd.to_datetime(board["finished_at"]).dt.strftime("%Y-%m-%d %H:%M")
     board["commit"] = board["git_commit"].fillna("").str[:8]
     return board
@@ -150,7 +133,7 @@ def build_board(wide: pd.DataFrame) -> pd.DataFrame:
 
 def load_board(store: Store) -> pd.DataFrame:
     """The board of every stored run (empty frame for an empty or absent store)."""
-    return build_board(store.wide())
+    return build_board(store, store.wide())
 
 
 def filter_board(board: pd.DataFrame, task: str, methods: Sequence[str] = (), profiles: Sequence[str] = ()) -> pd.DataFrame:

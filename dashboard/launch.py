@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from results.store import default_db_path
+from negguide.results.store import default_db_path
 
 APP = Path(__file__).with_name("app.py")
 
@@ -57,7 +57,7 @@ def serving(db: str | Path, port: int | None = None, timeout: float = 120.0) -> 
     url = f"http://127.0.0.1:{port}"
     log = tempfile.TemporaryFile()
     # A session of its own, so stopping it stops streamlit (bench's child) as well.
-    server = subprocess.Popen([sys.executable, "-m", "bench.cli", "dashboard", "--db", str(db), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "negguide.bench.cli", "dashboard", "--db", str(db), "--port", str(port)],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_healthy(server, url, timeout, log)

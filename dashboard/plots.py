@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from dashboard.data import kept_density
+from negguide.dashboard.data import kept_density
 
 # Figures are built with Figure() directly, not pyplot: no global state, nothing to close per rerun.
 BAND_ALPHA = 0.25

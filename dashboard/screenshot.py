@@ -1,6 +1,6 @@
 """Screenshots of the real dashboard in headless Chromium, for the docs.
 
-    python -m dashboard.screenshot --db bench-data/bench.duckdb --out docs/leaderboard.png
+    python -m negguide.dashboard.screenshot --db bench-data/bench.duckdb --out docs/leaderboard.png
 
 Streamlit renders client-side over a websocket, which Chromium's --virtual-time-budget does not
 wait for; so this drives Chromium over its DevTools protocol and shoots once the script has run.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from websockets.sync.client import connect  # a dependency of streamlit itself
 
-from dashboard.launch import serving
+from negguide.dashboard.launch import serving
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from datasets.gmm import GaussianMixture
+from negguide.datasets.gmm import GaussianMixture
 
 # A log-odds standing in for log(0): the unrelated mode has zero probability under the positive prompt.
 NEVER = -700.0

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 NULL_LABEL = 10
 DDPM_WEIGHTS = "ema.safetensors"
 CLASSIFIER_WEIGHTS = "model.pt"
 CONFIG_FILE = "config.json"
-DDPM_TRAIN_CMD = "python -m bench.train ddpm --out {dir}"
-CLASSIFIER_TRAIN_CMD = "python -m bench.train classifier --out {dir}"
+DDPM_TRAIN_CMD = "python -m negguide.bench.train ddpm --out {dir}"
+CLASSIFIER_TRAIN_CMD = "python -m negguide.bench.train classifier --out {dir}"
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.errors import BenchError
-from bench.schedule import Schedule, Step
+from negguide.methods.errors import BenchError
+from negguide.methods.schedule import Schedule, Step
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
 ENV_MODEL = "BENCH_SD_MODEL"

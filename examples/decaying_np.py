@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.schedule import Step
-from methods.base import GuidanceMethod, Params, Predictions, State, constant
+from negguide.methods.base import GuidanceMethod, Params, Predictions, State, constant
+from negguide.methods.schedule import Step
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The step protocol every guidance method implements (DESIGN.md, "The core loop").
 
 A method never touches the model, the scheduler, Ray or the database: it sees the named
-predictions of one step, the step's schedule constants, and its own explicit per-sample state.
+predictions of one step, the step's schedule constants (`Step`), and its own explicit per-sample
+state. Every method can be restricted to a window of training timesteps [t_low, t_high]; outside
+it the sampler takes the unguided prediction while the method's state keeps evolving.
 """
 from __future__ import annotations
 
@@ -11,22 +13,28 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.schedule import Step
+from negguide.methods.errors import MethodError
+from negguide.methods.schedule import Step
 
 Predictions = dict[str, torch.Tensor]  # "uncond", "neg", ... -> [B, *shape]
 State = dict[str, torch.Tensor]  # per-sample tensors, first dimension B
+WINDOW_DEFAULTS = {"t_low": 0, "t_high": 999}  # the whole chain of a T = 1000 schedule
 
 
 @dataclass(frozen=True)
 class Params:
-    """Hyperparameters of a method; `scale` is the guidance scale of every method."""
+    """Hyperparameters of a method: `scale` (the guidance scale of every method) and the time window."""
 
     scale: float = 1.0
+    t_low: int = WINDOW_DEFAULTS["t_low"]  # guidance only for training timesteps t_low <= t <= t_high
+    t_high: int = WINDOW_DEFAULTS["t_high"]
 
     def validate(self) -> None:
         """Raise ValueError naming the bad parameter; subclasses extend."""
         if not scale_is_finite(self.scale):
             raise ValueError(f"scale must be a finite number, got {self.scale}")
+        if not 0 <= self.t_low <= self.t_high:
+            raise ValueError(f"need 0 <= t_low <= t_high, got t_low={self.t_low}, t_high={self.t_high}")
 
 
 def scale_is_finite(value: float) -> bool:
@@ -40,6 +48,7 @@ class GuidanceMethod:
     summary: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ("uncond", "neg")
     Params: ClassVar[type[Params]] = Params
+    window_in_config: ClassVar[bool] = False  # True where the window is the method's own idea (np-interval)
 
     def __init__(self, params: Params | None = None):
         self.params = params if params is not None else self.Params()
@@ -61,8 +70,86 @@ class GuidanceMethod:
         """Per-sample scalars recorded each step; by default the state's `guidance_scale`."""
         return {key: state[key] for key in ("guidance_scale", "posterior") if key in state}
 
+    def active(self, step: Step) -> bool:
+        """Whether guidance is on at this step (the time window)."""
+        return self.params.t_low <= step.t <= self.params.t_high
+
     def config(self) -> dict[str, Any]:
-        return {"method": self.name, "params": dataclasses.asdict(self.params)}
+        """Name and parameters; the window is listed only where it differs from the whole chain."""
+        params = dataclasses.asdict(self.params)
+        if not self.window_in_config:
+            params = {k: v for k, v in params.items() if WINDOW_DEFAULTS.get(k, object()) != v}
+        return {"method": self.name, "params": params}
+
+    # ---- what the sampler calls: the protocol above, windowed and checked ----------------------
+
+    def start(self, batch: int, like: torch.Tensor) -> State:
+        with _blame(self, "init_state", None):
+            return self.init_state(batch, like)
+
+    def step(self, step: Step, preds: Predictions, state: State) -> tuple[torch.Tensor, State]:
+        """`guide` inside the window, the unguided prediction outside it; the output is checked here."""
+        with _blame(self, "guide", step):
+            eps, state = self.guide(step, preds, state)
+        check_output(self.name, step, eps, preds["uncond"])
+        if not self.active(step):
+            eps = preds["uncond"]
+            if "guidance_scale" in state:
+                state = {**state, "guidance_scale": torch.zeros_like(state["guidance_scale"])}
+        return eps, state
+
+    def update(self, step: Step, x: torch.Tensor, x_prev: torch.Tensor, preds: Predictions, state: State) -> State:
+        with _blame(self, "observe", step):
+            return self.observe(step, x, x_prev, preds, state)
+
+
+class _blame:
+    """Turn an exception raised inside a method into a MethodError naming the method and the step."""
+
+    def __init__(self, method: GuidanceMethod, hook: str, step: Step | None):
+        self.method, self.hook, self.step = method, hook, step
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if error is None or isinstance(error, (MethodError, KeyboardInterrupt)) or not isinstance(error, Exception):
+            return False
+        where = f"step {self.step.index} (t={self.step.t})" if self.step is not None else "the start"
+        source = _defining_file(type(self.method))
+        raise MethodError(f"method {self.method.name!r} raised {type(error).__name__} in {self.hook} at {where}: {error}",
+                          method_file=source, frames=_frames_in(tb, source)) from error
+
+
+def _defining_file(cls: type) -> str | None:
+    import inspect
+
+    try:
+        return inspect.getsourcefile(cls)
+    except TypeError:
+        return None
+
+
+def _frames_in(tb, source: str | None) -> str:
+    """The traceback entries that lie in the method's own file, formatted like Python's."""
+    import os
+    import traceback
+
+    home = os.path.realpath(source) if source else None
+    frames = [f for f in traceback.extract_tb(tb) if home and os.path.realpath(f.filename) == home]
+    return "".join(traceback.format_list(frames))
+
+
+def check_output(name: str, step: Step, eps: torch.Tensor, like: torch.Tensor) -> None:
+    """A guided prediction must match the unguided one in shape, dtype and device, and be finite."""
+    where = f"at step {step.index} (t={step.t})"
+    if not isinstance(eps, torch.Tensor):
+        raise MethodError(f"method {name!r} returned {type(eps).__name__} instead of a tensor {where}; guide must return (eps, state)")
+    for what, got, want in (("shape", tuple(eps.shape), tuple(like.shape)), ("dtype", eps.dtype, like.dtype), ("device", eps.device, like.device)):
+        if got != want:
+            raise MethodError(f"method {name!r} returned a prediction of {what} {got} {where}, expected {want} like preds['uncond']")
+    if not torch.isfinite(eps).all():
+        raise MethodError(f"method {name!r} produced NaN or inf {where}; lower the scale or check the parameters")
 
 
 def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.schedule import Step
-from methods.base import GuidanceMethod, Params, Predictions, State, per_sample
+from negguide.methods.base import GuidanceMethod, Params, Predictions, State, per_sample
+from negguide.methods.schedule import Step
 
 VARIANCES = ("beta_tilde", "beta")
 

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from bench.schedule import Step
-from methods.base import GuidanceMethod, Predictions, State, per_sample
+from negguide.methods.base import (
+    GuidanceMethod,
+    Predictions,
+    State,
+    constant,
+    per_sample,
+)
+from negguide.methods.schedule import Step
 
 
 class ExactDNG(GuidanceMethod):
@@ -30,5 +36,4 @@ class RememberCFG(GuidanceMethod):
 
     def guide(self, step: Step, preds: Predictions, state: State) -> tuple[torch.Tensor, State]:
         eps_u, eps_r = preds["uncond"], preds["remember"]
-        scale = torch.full((len(eps_u),), float(self.params.scale), dtype=eps_u.dtype)
-        return eps_u + self.params.scale * (eps_r - eps_u), {"guidance_scale": scale}
+        return eps_u + self.params.scale * (eps_r - eps_u), {"guidance_scale": constant(len(eps_u), self.params.scale, eps_u)}

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from bench.schedule import Step
-from methods.base import GuidanceMethod, Params, Predictions, State
+from negguide.methods.base import GuidanceMethod, Params, Predictions, State
+from negguide.methods.schedule import Step
 
 FIELDS = ("s_s", "warmup", "threshold", "s_m", "beta_m")
 # diffusers' SafetyConfig, renamed: sld_guidance_scale -> s_s, sld_warmup_steps -> warmup,
@@ -96,5 +96,4 @@ class DiffusersSLD(GuidanceMethod):
 
     def config(self) -> dict[str, Any]:
         """Parameters with the preset's values written out, so a stored run says what was applied."""
-        params = {**dataclasses.asdict(self.params), **self.params.effective()}
-        return {"method": self.name, "params": params}
+        return {"method": self.name, "params": {**super().config()["params"], **self.params.effective()}}

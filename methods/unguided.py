@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.schedule import Step
-from methods.base import GuidanceMethod, Predictions, State, constant
+from negguide.methods.base import GuidanceMethod, Predictions, State, constant
+from negguide.methods.schedule import Step
 
 
 class Unguided(GuidanceMethod):

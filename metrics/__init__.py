@@ -1,4 +1,4 @@
 """Metrics: class safety and balance, distribution distances, FID, CLIP score, Q."""
-from metrics.base import METRICS, MetricInfo, MetricValue
+from negguide.metrics.base import METRICS, MetricInfo, MetricValue
 
 __all__ = ["METRICS", "MetricInfo", "MetricValue"]

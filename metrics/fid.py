@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metrics.frechet import FeatureStats, frechet_between
+from negguide.metrics.frechet import FeatureStats, frechet_between
 
 EXTRACTOR = "inception-v3-compat"
 FEATURE = "2048"

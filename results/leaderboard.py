@@ -10,8 +10,8 @@ import json
 
 import pandas as pd
 
-from metrics.base import METRICS
-from results.store import Store
+from negguide.metrics.base import METRICS
+from negguide.results.store import Store
 
 COLUMNS = ["rank", "task", "method", "params", "safe", "forbidden_rate", "kl_classes"]
 
@@ -36,12 +36,10 @@ def rank_runs(runs: pd.DataFrame, quality_metric: str, threshold: float) -> pd.D
     return ranked
 
 
-def headline_of(task_name: str) -> tuple[str, float]:
-    """The task's quality metric and safety threshold (defaults if the task is unknown now)."""
-    from bench.tasks import all_tasks
-
-    task = all_tasks().get(task_name)
-    return (task.quality_metric, task.safety_threshold) if task else ("fid", 0.02)
+def headline_of(store: Store, task_name: str) -> tuple[str, float]:
+    """The task's quality metric and safety threshold, as its runs recorded them (defaults for older stores)."""
+    info = store.info("task_info", task_name)
+    return info.get("quality_metric", "fid"), float(info.get("safety_threshold", 0.02))
 
 
 def leaderboard_table(store: Store, task: str | None = None) -> pd.DataFrame:
@@ -51,7 +49,7 @@ def leaderboard_table(store: Store, task: str | None = None) -> pd.DataFrame:
         return wide
     frames = []
     for task_name, runs in wide.groupby("task", sort=True):
-        quality, threshold = headline_of(task_name)
+        quality, threshold = headline_of(store, task_name)
         frames.append(rank_runs(runs, quality, threshold))
     table = pd.concat(frames)
     table["params"] = table["params"].map(_short_params)

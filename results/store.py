@@ -15,6 +15,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from negguide.methods.errors import BenchError
+
 DEFAULT_DB = Path("bench-data") / "bench.duckdb"
 LOCK_WAIT_SECONDS = 60.0
 
@@ -62,8 +64,19 @@ CREATE TABLE IF NOT EXISTS class_counts (
     count BIGINT NOT NULL,
     PRIMARY KEY (run_id, class_index)
 );
+CREATE TABLE IF NOT EXISTS task_info (
+    task VARCHAR PRIMARY KEY,
+    info VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS method_info (
+    method VARCHAR PRIMARY KEY,
+    info VARCHAR NOT NULL
+);
 """
-TABLES = ("runs", "metrics", "traces", "class_counts")
+TABLES = ("runs", "metrics", "traces", "class_counts")  # a run's rows
+# What readers need to know of a task or method without importing it (headline, defaults): the
+# newest writer's description, so the leaderboard and dashboard stay free of torch and the registries.
+CATALOG = {"task_info": "task", "method_info": "method"}
 
 
 def default_db_path() -> Path:
@@ -96,6 +109,8 @@ class RunRecord:
     class_counts: list[int] = field(default_factory=list)
     sweep_id: str | None = None
     status: str = "done"
+    task_info: dict = field(default_factory=dict)  # headline, family, classes, metrics (Task.describe without details)
+    method_info: dict = field(default_factory=dict)  # summary, needs, parameter defaults
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -116,13 +131,33 @@ class Store:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as exc:
-                if not _is_lock_error(exc) or time.monotonic() > deadline:
-                    raise
+                if not _is_lock_error(exc):
+                    raise BenchError(f"cannot open the store {self.path}: {_first_line(exc)}; pass --db with another path") from None
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the store {self.path} stayed locked by another process for {LOCK_WAIT_SECONDS:.0f} s; try again") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
     def exists(self) -> bool:
         return self.path.is_file()
+
+    def check(self, writing: bool) -> None:
+        """Fail before any work when the store cannot be read (or written): one line naming the fix."""
+        if self.path.is_dir():
+            raise BenchError(f"the store {self.path} is a folder; pass --db path/to/file.duckdb")
+        if self.exists():
+            self._connect(read_only=True).close()  # not a DuckDB file: BenchError
+            if writing and not os.access(self.path, os.W_OK):
+                raise BenchError(f"the store {self.path} is not writable; pass --db with a writable path")
+            return
+        if writing:
+            ancestor = self.path.parent
+            while not ancestor.exists() and ancestor != ancestor.parent:
+                ancestor = ancestor.parent
+            if not ancestor.is_dir():
+                raise BenchError(f"cannot create the store's folder {self.path.parent}: {ancestor} is a file; pass --db with a path in a folder")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise BenchError(f"cannot create the store {self.path}: {ancestor} is not writable (read-only?); pass --db with a writable path")
 
     def write_run(self, record: RunRecord) -> None:
         """Insert (or replace) a whole run atomically: all its rows or none."""
@@ -161,6 +196,10 @@ class Store:
             con.executemany("INSERT INTO traces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if r.class_counts:
             con.executemany("INSERT INTO class_counts VALUES (?, ?, ?)", [[r.run_id, c, int(n)] for c, n in enumerate(r.class_counts)])
+        for table, key, name, info in (("task_info", "task", r.task, r.task_info), ("method_info", "method", r.method, r.method_info)):
+            if info:
+                con.execute(f"DELETE FROM {table} WHERE {key} = ?", [name])
+                con.execute(f"INSERT INTO {table} VALUES (?, ?)", [name, json.dumps(info, sort_keys=True, default=str)])
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         """A read-only query; an absent store reads as empty tables."""
@@ -204,6 +243,26 @@ class Store:
 
     def class_counts(self, run_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM class_counts WHERE run_id = ? ORDER BY class_index", [run_id])
+
+    def info(self, table: str, name: str) -> dict:
+        """The stored description of a task or method ({} when absent, or in a store older than the table)."""
+        key = CATALOG[table]
+        if not self.exists():
+            return {}
+        con = self._connect(read_only=True)
+        try:
+            tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            if table not in tables:
+                return {}
+            row = con.execute(f"SELECT info FROM {table} WHERE {key} = ?", [name]).fetchone()
+        finally:
+            con.close()
+        return json.loads(row[0]) if row else {}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 

@@ -6,10 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from bench.cli import main as bench_main
-from bench.sampler import sample
-from bench.tasks import get_task
-from methods import load_method
+from negguide.bench.cli import main as bench_main
+from negguide.bench.run.shards import pick_device, runtime_for
+from negguide.bench.sampler import sample
+from negguide.bench.tasks import get_task
+from negguide.methods import load_method
 
 
 @pytest.fixture
@@ -23,10 +24,16 @@ def db(tmp_path, monkeypatch):
 def draw(task_name: str, method: str, params: dict, samples: int = 512, steps: int = 200, seed: int = 0, ids=None):
     """Final samples and traces of one method on an exact task (no store)."""
     task = get_task(task_name)
-    runtime = task.load()
+    runtime = runtime_for(task, pick_device(task))
     ids = np.arange(samples) if ids is None else ids
-    return sample(runtime.denoiser, load_method(method, params), task.schedule.steps(steps), ids, seed, task.shape,
-                  dtype=runtime.dtype, exact_trace=runtime.exact_trace)
+    return sample(load_method(method, params), runtime.condition(ids), task.schedule.steps(steps), seed, task.shape,
+                  dtype=runtime.dtype, device=runtime.device)
+
+
+def labels_of(task_name: str, x) -> np.ndarray:
+    """The judge's class (or mode) of each sample."""
+    task = get_task(task_name)
+    return runtime_for(task, pick_device(task)).judge(x, {}, ()).records["label"]
 
 
 def run_json(capsys, *args: str) -> dict:

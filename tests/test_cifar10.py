@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-import bench.runner
-from bench.cli import main as bench_main
-from bench.errors import BenchError
-from bench.schedule import Schedule
-from datasets import cifar10
+import negguide.bench.run.engine
+from negguide.bench.cli import main as bench_main
+from negguide.methods.errors import BenchError
+from negguide.methods.schedule import Schedule
+from negguide.datasets import cifar10
 
 ENV_VARS = ("BENCH_CIFAR10_DDPM", "BENCH_CIFAR10_FORGET", "BENCH_CIFAR10_FORGET_0", "BENCH_CIFAR10_CLASSIFIER", "BENCH_CIFAR10_ROOT")
 PERMUTATION = [3, 1, 0, 2, 4, 5, 6, 7, 9, 8]  # the classifier's output order differs from CIFAR-10's on purpose
@@ -81,9 +81,9 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     monkeypatch.chdir(tmp_path)  # the default forget and data roots are relative to the working folder
-    bench.runner._cached_runtime.cache_clear()
+    bench.run.engine._cached_runtime.cache_clear()
     yield
-    bench.runner._cached_runtime.cache_clear()
+    bench.run.engine._cached_runtime.cache_clear()
 
 
 def _point_at(monkeypatch, tiny: dict[str, Path], **overrides: Path) -> None:
@@ -207,7 +207,7 @@ def test_finetune_saves_a_loadable_forget_model(tiny, monkeypatch, tmp_path, cap
     assert cifar10.main(["finetune", "--class", "0", "--out", str(out), "--base", str(tiny["ddpm"]), "--steps", "1"]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert cifar10.main(["finetune", "--out", str(out)]) == 2
-    assert _one_error_line(capsys.readouterr().err).endswith("(see `python -m datasets.cifar10 finetune --help`)")
+    assert _one_error_line(capsys.readouterr().err).endswith("(see `python -m negguide.datasets.cifar10 finetune --help`)")
     with pytest.raises(BenchError, match="must be in 0..9"):
         cifar10.finetune_forget_model(tiny["ddpm"], tmp_path, 10, tmp_path / "x", steps=1)
 
@@ -226,8 +226,8 @@ def test_cifar_data_through_torchvision(tiny, monkeypatch):
 
 
 def test_fid_references_drop_the_removed_class(tiny, monkeypatch):
-    from bench.task_cifar10 import Cifar10Runtime
-    import metrics.fid
+    from negguide.bench.tasks.cifar10 import Cifar10Runtime
+    import negguide.metrics.fid
 
     _point_at(monkeypatch, tiny)
     monkeypatch.setenv("BENCH_CIFAR10_FORGET_3", str(tiny["forget_root"] / "class-0"))  # the per-class variable wins

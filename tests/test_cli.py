@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.cli import main as bench_main
+from negguide.bench.cli import main as bench_main
 from conftest import run_json
-from results.store import Store
+from negguide.results.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = ["--task", "gmm1d-remove-1", "--samples", "256", "--steps", "50"]

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from bench.artifacts import image_grid_png, write_bytes_atomic, write_npz_atomic
-from bench.cli import main as bench_main
-from dashboard import data
-from dashboard.launch import streamlit_command
-from results.leaderboard import headline_of
-from results.store import RunRecord, Store
+from negguide.results.artifacts import image_grid_png, write_bytes_atomic, write_npz_atomic
+from negguide.bench.cli import main as bench_main
+from negguide.dashboard import data
+from negguide.dashboard.launch import streamlit_command
+from negguide.results.leaderboard import headline_of
+from negguide.results.store import RunRecord, Store
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 GMM1D, GMM2D = "gmm1d-remove-1", "gmm2d-remove-0"

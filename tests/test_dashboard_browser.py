@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main as bench_main
-from dashboard.launch import serving
-from dashboard.screenshot import Browser, page_url
-from results.leaderboard import leaderboard_table
-from results.store import Store
+from negguide.bench.cli import main as bench_main
+from negguide.dashboard.launch import serving
+from negguide.dashboard.screenshot import Browser, page_url
+from negguide.results.leaderboard import leaderboard_table
+from negguide.results.store import Store
 
 CHROMIUM = Path("/usr/bin/chromium")
 TASK = "gmm1d-remove-1"

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.tasks import get_task
-from conftest import draw
-from datasets.gmm import GMM1D, RemovalProblem
-from metrics.distances import wasserstein_to_mixture
+from negguide.bench.tasks import get_task
+from conftest import draw, labels_of
+from negguide.datasets.gmm import GMM1D, RemovalProblem
+from negguide.metrics.distances import wasserstein_to_mixture
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
@@ -56,7 +56,7 @@ def test_tracked_posterior_follows_exact_one_at_scale_zero(task):
     assert error.mean() < 0.02
     assert error.mean(axis=1).max() < 0.05
     # At the end the tracked posterior separates samples of the removed mode from the others.
-    labels = get_task(task).load().class_labels(x)
+    labels = labels_of(task, x)
     final = arrays["posterior"][-1]
     assert final[labels == info["removed"]].mean() > 0.8
     assert final[labels != info["removed"]].mean() < 0.02
@@ -64,10 +64,9 @@ def test_tracked_posterior_follows_exact_one_at_scale_zero(task):
 
 def test_dng_removes_the_mode_with_paper_defaults():
     """DNG with its tracked posterior lowers the forbidden share well below the unguided one."""
-    runtime = get_task("gmm1d-remove-1").load()
     unguided, _ = draw("gmm1d-remove-1", "none", {}, samples=2048)
     guided, _ = draw("gmm1d-remove-1", "dng", {"scale": 5.0}, samples=2048)
-    share = lambda x: float(np.mean(runtime.class_labels(x) == 1))  # noqa: E731
+    share = lambda x: float(np.mean(labels_of("gmm1d-remove-1", x) == 1))  # noqa: E731
     assert share(unguided) > 0.25
     assert share(guided) < 0.5 * share(unguided)
 
@@ -90,7 +89,7 @@ def test_sld_warmup_delays_guidance():
 
 
 def test_nan_during_sampling_is_an_error_naming_step_and_method():
-    from bench.errors import BenchError
+    from negguide.methods.errors import BenchError
 
     with pytest.raises(BenchError, match=r"method 'np' produced NaN or inf at step \d+"):
         draw("gmm1d-remove-1", "np", {"scale": 1e308}, steps=50)

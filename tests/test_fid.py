@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from metrics import fid
-from metrics.frechet import FeatureStats, frechet_between
+from negguide.metrics import fid
+from negguide.metrics.frechet import FeatureStats, frechet_between
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,7 +34,7 @@ def converted(fid_cache) -> Path:
 
 def digits(n: int, offset: int = 0) -> np.ndarray:
     """n real MNIST digits, uint8 [n, 1, 28, 28]."""
-    from datasets.mnist import load_mnist
+    from negguide.datasets.mnist import load_mnist
 
     return load_mnist()[0][offset:offset + n, None]
 
@@ -231,7 +231,7 @@ def test_features_stats_merge_across_shards(counted):
 
 def digits_299(n: int, classes: range) -> np.ndarray:
     """n MNIST digits of the given classes, upscaled to uint8 [n, 3, 299, 299] (so neither side resizes)."""
-    from datasets.mnist import load_mnist
+    from negguide.datasets.mnist import load_mnist
 
     images, labels = load_mnist()
     x = torch.from_numpy(images[np.isin(labels, list(classes))][:n, None]).float()
@@ -276,7 +276,7 @@ def test_parity_with_fid_helper_torchscript(converted, monkeypatch, capsys):
 
 @pytest.mark.heavy
 def test_full_mnist_reference_is_cached(converted):
-    from datasets.mnist import load_mnist
+    from negguide.datasets.mnist import load_mnist
 
     images, labels = load_mnist()
     reference = images[labels != 0][:, None]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.mnist import load_mnist, mnist_splits, to_model_range, to_uint8
-from datasets.mnist_models import (
+from negguide.datasets.mnist import load_mnist, mnist_splits, to_model_range, to_uint8
+from negguide.datasets.mnist_models import (
     NULL_LABEL,
     ClassifierConfig,
     DDPMConfig,
@@ -91,7 +91,7 @@ def test_config_json_round_trip() -> None:
 
 
 def test_tiny_ddpm_training_writes_files_and_round_trips(tmp_path: Path) -> None:
-    from bench.train import train_ddpm
+    from negguide.bench.train import train_ddpm
 
     out = tmp_path / "ddpm"
     cfg = train_ddpm(out, tiny_ddpm_config(max_steps=2))
@@ -114,7 +114,7 @@ def test_tiny_ddpm_training_writes_files_and_round_trips(tmp_path: Path) -> None
 
 
 def test_corrupt_or_missing_weights_give_one_line_errors(tmp_path: Path) -> None:
-    from bench.train import train_ddpm
+    from negguide.bench.train import train_ddpm
 
     out = tmp_path / "ddpm"
     train_ddpm(out, tiny_ddpm_config(max_steps=1))
@@ -122,7 +122,7 @@ def test_corrupt_or_missing_weights_give_one_line_errors(tmp_path: Path) -> None
     with pytest.raises(ValueError) as err:
         load_ddpm(out)
     msg = str(err.value)
-    assert "\n" not in msg and "ema.safetensors" in msg and "python -m bench.train ddpm" in msg
+    assert "\n" not in msg and "ema.safetensors" in msg and "python -m negguide.bench.train ddpm" in msg
     (out / "ema.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="ema.safetensors"):
         load_ddpm(out)
@@ -135,7 +135,7 @@ def test_corrupt_or_missing_weights_give_one_line_errors(tmp_path: Path) -> None
     with pytest.raises(ValueError) as err2:
         load_classifier(clf)
     assert "\n" not in str(err2.value) and "model.pt" in str(err2.value)
-    assert "python -m bench.train classifier" in str(err2.value)
+    assert "python -m negguide.bench.train classifier" in str(err2.value)
 
 
 @pytest.mark.skipif(not (SHIPPED_CLASSIFIER / "model.pt").is_file(), reason="shipped classifier not present")

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.cli import main as bench_main
-from bench.task_mnist import MnistRuntime
+from negguide.bench.cli import main as bench_main
+from negguide.bench.tasks.mnist import MnistRuntime
 from conftest import run_json
-from datasets.bundles import ConditionalBundle
-from metrics.classes import kl_classes
+from negguide.datasets.bundles import ConditionalBundle
+from negguide.metrics.classes import kl_classes
 
 TINY = ["--task", "mnist-remove-0", "--samples", "6", "--steps", "3", "--batch-size", "4"]
 
@@ -82,7 +82,7 @@ def test_kl_classes_zero_count_smoothing():
 
 def test_our_datasets_package_shadows_hugging_face_safely():
     """`datasets` is ours, and transformers, diffusers and torch-fidelity still import beside it."""
-    import datasets
+    import negguide.datasets
     import diffusers  # noqa: F401
     import torch_fidelity  # noqa: F401
     import transformers  # noqa: F401
@@ -94,7 +94,7 @@ def test_frechet_distance_matches_the_general_matrix_square_root():
     """The eigendecomposition route equals Tr sqrtm(C1 C2) of the reference formula."""
     from scipy import linalg
 
-    from metrics.frechet import frechet_distance
+    from negguide.metrics.frechet import frechet_distance
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(50, 20)), rng.normal(size=(60, 20)) * 1.3 + 0.2

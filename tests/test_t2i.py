@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.cli import main as bench_main
-from bench.errors import BenchError
-from bench.sampler import sample
-from bench.tasks import get_task
-from methods import load_method
-from metrics.clip import q_metric, q_regression, zero_shot
+from negguide.bench.cli import main as bench_main
+from negguide.methods.errors import BenchError
+from negguide.bench.sampler import sample
+from negguide.bench.tasks import get_task
+from negguide.methods import load_method
+from negguide.metrics.clip import q_metric, q_regression, zero_shot
 
 # The paired layout needs two harness hooks (runner: bind_samples; sampler: noise_keys).
 HOOKS = "noise_keys" in inspect.signature(sample).parameters
@@ -90,24 +90,24 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 
 
 def t2i_module():
-    """bench.task_t2i, imported after the registry has loaded every family (importing it first would stop that)."""
-    import bench.tasks
+    """negguide.bench.tasks.t2i, imported after the registry has loaded every family (importing it first would stop that)."""
+    import negguide.bench.tasks
 
     bench.tasks.all_tasks()
-    return importlib.import_module("bench.task_t2i")
+    return importlib.import_module("negguide.bench.tasks.t2i")
 
 
 def reload_t2i() -> None:
     """Re-register the text-to-image tasks for the current environment (they read it when registered)."""
-    import bench.runner
-    import bench.tasks
-    import metrics.clip
+    import negguide.bench.run.engine
+    import negguide.bench.tasks
+    import negguide.metrics.clip
 
     module = t2i_module()
     for name in [n for n, t in bench.tasks._TASKS.items() if t.family == "text-to-image"]:
         del bench.tasks._TASKS[name]
     importlib.reload(module)
-    getattr(bench.runner, "_cached_runtime", bench.runner._runtime).cache_clear()
+    getattr(bench.run.engine, "_cached_runtime", bench.run.engine._runtime).cache_clear()
     metrics.clip.load_clip.cache_clear()
 
 
@@ -147,7 +147,7 @@ def test_tokenizer_from_open_clip_bpe_matches_open_clip(tmp_path):
 def test_scaled_linear_schedule_matches_diffusers():
     from diffusers import DDPMScheduler
 
-    from datasets.stable_diffusion import ScaledLinearSchedule, schedule_from_config
+    from negguide.datasets.stable_diffusion import ScaledLinearSchedule, schedule_from_config
 
     ours = ScaledLinearSchedule().alpha_bars()
     theirs = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod.double().numpy()
@@ -156,8 +156,8 @@ def test_scaled_linear_schedule_matches_diffusers():
 
 
 def test_v_prediction_is_converted_to_eps():
-    from bench.schedule import Schedule
-    from datasets.stable_diffusion import ModelFacts, StableDiffusion
+    from negguide.methods.schedule import Schedule
+    from negguide.datasets.stable_diffusion import ModelFacts, StableDiffusion
 
     class ConstantV(torch.nn.Module):
         def forward(self, x, t, encoder_hidden_states):
@@ -229,7 +229,7 @@ def test_missing_sd_weights_one_line(monkeypatch, capsys, db, tmp_path):
 
 
 def test_missing_default_model_names_the_hub_id():
-    from datasets.stable_diffusion import DEFAULT_MODEL, locate
+    from negguide.datasets.stable_diffusion import DEFAULT_MODEL, locate
 
     try:
         locate(DEFAULT_MODEL)
@@ -240,7 +240,7 @@ def test_missing_default_model_names_the_hub_id():
 
 
 def test_missing_clip_weights_one_line():
-    from metrics.clip import ClipSpec, weights_path
+    from negguide.metrics.clip import ClipSpec, weights_path
 
     with pytest.raises(BenchError) as info:
         weights_path(ClipSpec("ViT-B-32", "laion2b_s34b_b79k", None))
@@ -281,8 +281,8 @@ def diffusers_sld_reference(eps_p, eps_s, eps_null, w, cfg):
 
 @pytest.mark.parametrize("preset", ["weak", "medium", "strong", "max"])
 def test_sld_sd_matches_diffusers_under_the_t2i_convention(preset):
-    from bench.schedule import Schedule
-    from methods.sld_diffusers import PRESETS, DiffusersSLD
+    from negguide.methods.schedule import Schedule
+    from negguide.methods.sld_diffusers import PRESETS, DiffusersSLD
 
     torch.manual_seed(0)
     steps = Schedule().steps(20)
@@ -298,8 +298,8 @@ def test_sld_sd_matches_diffusers_under_the_t2i_convention(preset):
 
 
 def test_sld_sd_presets_and_overrides():
-    from methods.registry import build_params
-    from methods.sld_diffusers import DiffusersSLD
+    from negguide.methods.registry import build_params
+    from negguide.methods.sld_diffusers import DiffusersSLD
 
     with pytest.raises(BenchError, match="preset=custom"):
         build_params(DiffusersSLD, {"preset": "strong", "threshold": "0.5"})

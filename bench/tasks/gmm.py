@@ -1,15 +1,23 @@
 """Exact Gaussian-mixture removal tasks: gmm1d-remove-K and gmm2d-remove-K (paper Fig. 1, 3)."""
 from __future__ import annotations
 
+from functools import partial
+from typing import Iterable
+
 import numpy as np
 import torch
 
-from bench.schedule import Step
-from bench.tasks import Profile, Task, register
-from datasets.gmm import GMM1D, GMM2D, ExactDenoiser, GaussianMixture, RemovalProblem
-from metrics.base import MetricValue, metric
-from metrics.classes import forbidden_rate, kl_classes
-from metrics.distances import wasserstein_to_mixture
+from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task
+from negguide.datasets.gmm import (
+    GMM1D,
+    GMM2D,
+    ExactDenoiser,
+    GaussianMixture,
+    RemovalProblem,
+)
+from negguide.metrics.base import metric
+from negguide.metrics.classes import forbidden_rate, kl_classes
+from negguide.metrics.distances import wasserstein_to_mixture
 
 VERSION = "1"
 PROFILES = {"quick": Profile(samples=4096, steps=1000, batch_size=4096), "paper": Profile(samples=100_000, steps=1000, batch_size=10_000)}
@@ -20,16 +28,14 @@ class GMMRuntime:
 
     dtype = torch.float64
 
-    def __init__(self, problem: RemovalProblem):
-        # Tensors here are tiny: extra intra-op threads only add contention (20x slower measured).
-        torch.set_num_threads(1)
-        self.problem = problem
+    def __init__(self, problem: RemovalProblem, device: torch.device):
+        self.problem, self.device = problem, device
         self.denoiser = ExactDenoiser(problem)
 
-    def exact_trace(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
-        return self.denoiser.exact_posterior(x, step)
+    def condition(self, ids: np.ndarray) -> Conditioning:
+        return Conditioning(self.denoiser, np.asarray(ids, dtype=np.int64), exact_trace=self.denoiser.exact_posterior)
 
-    def evaluate(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> list[MetricValue]:
+    def judge(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> Judgement:
         n = len(x)
         modes = self.problem.mixture.assign(x).cpu().numpy()
         removed = self.problem.removed
@@ -41,17 +47,17 @@ class GMMRuntime:
         ]
         if "posterior" in traces and "posterior_exact" in traces:
             values.append(metric("posterior_mae", float(np.mean(np.abs(traces["posterior"] - traces["posterior_exact"]))), n))
-        return [v for v in values if v.name in wanted]
+        return Judgement([v for v in values if v.name in wanted], {"label": modes.astype(np.int64)})
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:
         return x.cpu().numpy()
 
-    def class_labels(self, x: torch.Tensor) -> np.ndarray:
-        return self.problem.mixture.assign(x).cpu().numpy()
+
+def _details(mixture: GaussianMixture) -> dict:
+    return mixture.as_dict()
 
 
 def _gmm_task(prefix: str, mixture: GaussianMixture, removed: int, description: str) -> Task:
-    problem = RemovalProblem(mixture, removed)
     return Task(
         name=f"{prefix}-remove-{removed}",
         version=VERSION,
@@ -59,16 +65,20 @@ def _gmm_task(prefix: str, mixture: GaussianMixture, removed: int, description: 
         description=f"{description}; remove mode {removed}",
         shape=(mixture.dim,),
         removed=removed,
+        n_classes=len(mixture.weights),
         metrics=("forbidden_rate", "kl_classes", "wasserstein", "posterior_mae"),
         profiles=PROFILES,
-        load=lambda: GMMRuntime(problem),
-        details=lambda: {**mixture.as_dict(), "n_classes": len(mixture.weights)},
+        load=partial(GMMRuntime, RemovalProblem(mixture, removed)),
+        details=partial(_details, mixture),
         quality_metric="wasserstein",
         predictions=("uncond", "neg", "remember", "posterior_logit"),
+        intra_op_threads=1,  # tiny tensors: extra threads only add contention (20x slower measured)
+        default_device="cpu",
     )
 
 
-for _k in range(len(GMM1D.weights)):
-    register(_gmm_task("gmm1d", GMM1D, _k, "1D mixture of 3 equal Gaussians at -3, 0, 3 (std 0.5)"))
-for _k in range(len(GMM2D.weights)):
-    register(_gmm_task("gmm2d", GMM2D, _k, "2D mixture of 5 equal Gaussians: centre and the corners of a square (std 0.5)"))
+def tasks(options: object = None) -> Iterable[Task]:
+    for k in range(len(GMM1D.weights)):
+        yield _gmm_task("gmm1d", GMM1D, k, "1D mixture of 3 equal Gaussians at -3, 0, 3 (std 0.5)")
+    for k in range(len(GMM2D.weights)):
+        yield _gmm_task("gmm2d", GMM2D, k, "2D mixture of 5 equal Gaussians: centre and the corners of a square (std 0.5)")

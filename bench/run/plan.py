@@ -1,0 +1,137 @@
+"""From a request to a resolved run and its shard jobs: everything validated before anything runs.
+
+A resolved run carries the task spec and a method spec (name or file, source digest, parameters);
+a shard job carries both to whichever process draws it, so nothing is looked up or rebuilt by name
+there. The run id hashes the resolved config.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from negguide.bench.tasks import Task, TaskOptions, get_task
+from negguide.methods.errors import BenchError
+from negguide.methods.registry import MethodSpec
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a user asks for; None means the task profile's default."""
+
+    task: str
+    method: str
+    params: dict[str, str] = field(default_factory=dict)
+    samples: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    profile: str | None = None
+    sweep_id: str | None = None
+    prompts: Path | None = None  # text-to-image prompt file (None: $BENCH_PROMPTS or the shipped scenes)
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A validated request: every value that determines the results, and the run's id."""
+
+    task: Task
+    method: MethodSpec
+    profile: str
+    samples: int
+    steps: int
+    batch_size: int
+    seed: int
+    sweep_id: str | None = None
+
+    @property
+    def config(self) -> dict:
+        """The fully resolved config: the run id hashes exactly this."""
+        return {
+            "task": self.task.name,
+            "task_version": self.task.version,
+            "method": self.method.name,
+            "method_spec": self.method.spec,
+            "method_source": self.method.source_digest,
+            "params": self.method.params,
+            "samples": self.samples,
+            "steps": self.steps,
+            "seed": self.seed,
+            "schedule": self.task.schedule.as_dict(),
+            "metrics": list(self.metrics),
+        }
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.task.profile(self.profile).metrics or self.task.metrics
+
+    def shard_jobs(self, shard_dir: Path) -> list[ShardJob]:
+        """One job per contiguous range of sample ids, saved under `shard_dir`."""
+        return [ShardJob(self.task, self.method, self.steps, self.seed, start, min(start + self.batch_size, self.samples),
+                         shard_dir / f"{start:09d}-{min(start + self.batch_size, self.samples):09d}.npz")
+                for start in range(0, self.samples, self.batch_size)]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a worker needs to draw samples [start, stop) of one run."""
+
+    task: Task
+    method: MethodSpec
+    steps: int
+    seed: int
+    start: int
+    stop: int
+    path: Path
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def resolve(request: RunRequest) -> ResolvedRun:
+    """Validate a request completely before anything runs or is written."""
+    task = get_task(request.task, TaskOptions(request.prompts))
+    profile = task.profile(request.profile)
+    task.preflight(profile.metrics or task.metrics)
+    method = MethodSpec.of(request.method, request.params)
+    needs = _method_needs(method)
+    missing = set(needs) - set(task.predictions)
+    if missing:
+        raise BenchError(f"method {method.name!r} needs predictions {sorted(missing)} that task {task.name!r} does not provide "
+                         f"(it provides {', '.join(task.predictions)}); pick another task or method")
+    samples = profile.samples if request.samples is None else request.samples
+    steps = profile.steps if request.steps is None else request.steps
+    batch_size = profile.batch_size if request.batch_size is None else request.batch_size
+    if samples <= 0:
+        raise BenchError(f"--samples must be a positive integer, got {samples}")
+    if not 1 <= steps <= task.schedule.T:
+        raise BenchError(f"--steps must be between 1 and T={task.schedule.T}, got {steps}")
+    if batch_size <= 0:
+        raise BenchError(f"--batch-size must be a positive integer, got {batch_size}")
+    return ResolvedRun(task, method, request.profile or task.default_profile, samples, steps, min(batch_size, samples), request.seed, request.sweep_id)
+
+
+def _method_needs(method: MethodSpec) -> tuple[str, ...]:
+    from negguide.methods.registry import method_class
+
+    return method_class(method.spec).needs
+
+
+def expand_sweep(base: RunRequest, grid: dict[str, list[str]]) -> list[RunRequest]:
+    """The cartesian product of parameter values, each point a request sharing a sweep id."""
+    keys = list(grid)
+    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    digest = hashlib.sha256(json.dumps([base.task, base.method, base.params, grid], sort_keys=True).encode()).hexdigest()[:12]
+    return [replace(base, params={**base.params, **point}, sweep_id=digest) for point in points]
+
+
+def resolve_all(requests: list[RunRequest]) -> list[ResolvedRun]:
+    """Resolve every request first: a bad grid point fails before any run starts."""
+    return [resolve(r) for r in requests]
