@@ -11,6 +11,8 @@ PACKAGES = ("torch", "numpy", "diffusers", "transformers", "torch-fidelity", "op
 def git_commit() -> str | None:
     """The commit of the checkout this package runs from, with '+dirty' for local edits."""
     root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():  # installed from a wheel: not a checkout of ours
+        return None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()

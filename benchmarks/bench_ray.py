@@ -23,7 +23,7 @@ from pathlib import Path
 
 import ray
 
-from negguide.bench.run.engine import ResolvedRun, RunRequest, execute, resolve
+from negguide.bench.run import ResolvedRun, RunRequest, resolve, run_one
 from negguide.bench.run.ray import RayExecutor
 from negguide.methods.errors import BenchError
 from negguide.results.store import Store
@@ -38,7 +38,7 @@ def _job(resolved: ResolvedRun, executor) -> tuple[float, float]:
     """(wall seconds, sampling seconds) of one forced run into a fresh database."""
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        result = execute(resolved, Store(Path(folder) / "bench.duckdb"), force=True, executor=executor, progress=False).result
+        result = run_one(resolved, Store(Path(folder) / "bench.duckdb"), executor, force=True, progress=False).result
         return time.perf_counter() - started, result["timings"]["sampling_s"]
 
 

@@ -16,6 +16,7 @@ import torch
 
 from negguide.bench import noise
 from negguide.bench.sampler import sample
+from negguide.bench.tasks import Conditioning
 from negguide.datasets.bundles import ConditionalBundle
 from negguide.datasets.mnist_models import NULL_LABEL, DDPMConfig, build_unet
 from negguide.methods import load_method
@@ -54,12 +55,11 @@ def main() -> None:
     torch.manual_seed(0)
     unet = build_unet(DDPMConfig()).eval()
     chain = Schedule().steps(args.steps)
-    bundle = ConditionalBundle(unet, NULL_LABEL, removed=0)
-    ids = np.arange(args.batch)
+    conditioning = Conditioning(ConditionalBundle(unet, NULL_LABEL, removed=0), np.arange(args.batch))
     variants = {
         "bare loop (NP)": lambda: bare_loop(unet, chain, args.batch, 0, 0.5),
-        "harness NP": lambda: sample(bundle, load_method("np", {"scale": 0.5}), chain, ids, 0, (1, 28, 28)),
-        "harness DNG": lambda: sample(bundle, load_method("dng", {"scale": 5.0}), chain, ids, 0, (1, 28, 28)),
+        "harness NP": lambda: sample(load_method("np", {"scale": 0.5}), conditioning, chain, 0, (1, 28, 28)),
+        "harness DNG": lambda: sample(load_method("dng", {"scale": 5.0}), conditioning, chain, 0, (1, 28, 28)),
     }
     for fn in variants.values():  # warm-up
         fn()

@@ -1,1 +1,1 @@
-"""Data sources and model bundles (this package deliberately shadows Hugging Face `datasets`)."""
+"""Data sources, networks and denoiser adapters: mixtures, MNIST, CIFAR-10, Stable Diffusion, prompt sets (`negguide.datasets`)."""

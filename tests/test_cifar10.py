@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-import negguide.bench.run.engine
+from negguide.bench import train_cifar10
 from negguide.bench.cli import main as bench_main
+from negguide.bench.run.shards import clear_runtimes
+from negguide.datasets import cifar10
 from negguide.methods.errors import BenchError
 from negguide.methods.schedule import Schedule
-from negguide.datasets import cifar10
 
 ENV_VARS = ("BENCH_CIFAR10_DDPM", "BENCH_CIFAR10_FORGET", "BENCH_CIFAR10_FORGET_0", "BENCH_CIFAR10_CLASSIFIER", "BENCH_CIFAR10_ROOT")
 PERMUTATION = [3, 1, 0, 2, 4, 5, 6, 7, 9, 8]  # the classifier's output order differs from CIFAR-10's on purpose
@@ -81,9 +82,9 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     monkeypatch.chdir(tmp_path)  # the default forget and data roots are relative to the working folder
-    bench.run.engine._cached_runtime.cache_clear()
+    clear_runtimes()
     yield
-    bench.run.engine._cached_runtime.cache_clear()
+    clear_runtimes()
 
 
 def _point_at(monkeypatch, tiny: dict[str, Path], **overrides: Path) -> None:
@@ -193,9 +194,9 @@ def test_describe_gives_the_paper_hyperparameters(capsys):
 def test_finetune_saves_a_loadable_forget_model(tiny, monkeypatch, tmp_path, capsys):
     rng = np.random.default_rng(0)
     fake = (rng.integers(0, 256, (20, 3, 32, 32), dtype=np.uint8), np.arange(20) % 10)
-    monkeypatch.setattr(cifar10, "load_cifar10_train", lambda root: fake)
+    monkeypatch.setattr(train_cifar10, "load_cifar10_train", lambda root: fake)
     out = tmp_path / "forget" / "class-0"
-    code = cifar10.main(["finetune", "--class", "0", "--out", str(out), "--base", str(tiny["ddpm"]), "--data-root", str(tmp_path),
+    code = train_cifar10.main(["cifar10-forget", "--class", "0", "--out", str(out), "--base", str(tiny["ddpm"]), "--data-root", str(tmp_path),
                          "--steps", "2", "--batch-size", "4", "--device", "cpu", "--log-every", "1"])
     assert code == 0, capsys.readouterr().err
     record = json.loads((out / "finetune.json").read_text())
@@ -204,12 +205,12 @@ def test_finetune_saves_a_loadable_forget_model(tiny, monkeypatch, tmp_path, cap
     tuned, base = cifar10.load_unet(source), cifar10.load_unet(cifar10.ModelSource("base", str(tiny["ddpm"]), True, "X", "fix"))
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), base.state_dict().values()))
     assert cifar10.scheduler_problem(json.loads((out / "scheduler_config.json").read_text()), Schedule()) is None
-    assert cifar10.main(["finetune", "--class", "0", "--out", str(out), "--base", str(tiny["ddpm"]), "--steps", "1"]) == 2
+    assert train_cifar10.main(["cifar10-forget", "--class", "0", "--out", str(out), "--base", str(tiny["ddpm"]), "--steps", "1"]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
-    assert cifar10.main(["finetune", "--out", str(out)]) == 2
-    assert _one_error_line(capsys.readouterr().err).endswith("(see `python -m negguide.datasets.cifar10 finetune --help`)")
+    assert train_cifar10.main(["cifar10-forget", "--out", str(out)]) == 2
+    assert _one_error_line(capsys.readouterr().err).endswith("(see `bench train cifar10-forget --help`)")
     with pytest.raises(BenchError, match="must be in 0..9"):
-        cifar10.finetune_forget_model(tiny["ddpm"], tmp_path, 10, tmp_path / "x", steps=1)
+        train_cifar10.finetune_forget_model(tiny["ddpm"], tmp_path, 10, tmp_path / "x", steps=1)
 
 
 def test_cifar_data_through_torchvision(tiny, monkeypatch):
@@ -226,8 +227,8 @@ def test_cifar_data_through_torchvision(tiny, monkeypatch):
 
 
 def test_fid_references_drop_the_removed_class(tiny, monkeypatch):
-    from negguide.bench.tasks.cifar10 import Cifar10Runtime
     import negguide.metrics.fid
+    from negguide.bench.tasks.cifar10 import Cifar10Runtime
 
     _point_at(monkeypatch, tiny)
     monkeypatch.setenv("BENCH_CIFAR10_FORGET_3", str(tiny["forget_root"] / "class-0"))  # the per-class variable wins
@@ -239,9 +240,11 @@ def test_fid_references_drop_the_removed_class(tiny, monkeypatch):
         calls.append((generated.dtype, generated.shape, len(reference)))
         return 1.0
 
-    monkeypatch.setattr(metrics.fid, "inception_fid", fake_fid)
-    runtime = Cifar10Runtime(removed=3)
+    monkeypatch.setattr(negguide.metrics.fid, "inception_fid", fake_fid)
+    runtime = Cifar10Runtime(removed=3, device=torch.device("cpu"))
     x = torch.rand(6, 3, 32, 32) * 2 - 1
-    values = {v.name: v for v in runtime.evaluate(x, {}, ("forbidden_rate", "kl_classes", "fid", "fid_all"))}
+    judgement = runtime.judge(x, {}, ("forbidden_rate", "kl_classes", "fid", "fid_all"))
+    values = {v.name: v for v in judgement.metrics}
+    assert judgement.records["label"].shape == (6,) and np.allclose(judgement.records["confidence"] <= 1.0, True)
     assert set(values) == {"forbidden_rate", "kl_classes", "fid", "fid_all"} and all(v.samples == 6 for v in values.values())
     assert calls == [(np.uint8, (6, 3, 32, 32), 27), (np.uint8, (6, 3, 32, 32), 30)]  # fid: without the 3 cats; fid_all: all

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_json
 
 from negguide.bench.cli import main as bench_main
-from conftest import run_json
 from negguide.results.store import Store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from negguide.results.artifacts import image_grid_png, write_bytes_atomic, write_npz_atomic
 from negguide.bench.cli import main as bench_main
 from negguide.dashboard import data
 from negguide.dashboard.launch import streamlit_command
+from negguide.results.artifacts import image_grid_png, write_bytes_atomic, write_npz_atomic
 from negguide.results.leaderboard import headline_of
 from negguide.results.store import RunRecord, Store
 
@@ -84,7 +84,7 @@ def test_leaderboard_is_ranked_by_the_headline(app, store_path):
     at = app().run()
     _no_errors(at)
     assert at.sidebar.selectbox(key="task").value == GMM1D  # tasks in name order
-    quality, threshold = headline_of(GMM1D)
+    quality, threshold = headline_of(Store(store_path), GMM1D)
     assert quality == "wasserstein"
     table = _table(at)
     assert list(table["rank"]) == list(range(1, len(table) + 1))
@@ -181,8 +181,9 @@ def test_pure_helpers():
     assert data.db_option("bench-data/bench.duckdb") == "" and data.db_option("/elsewhere.duckdb") == " --db /elsewhere.duckdb"
     np.testing.assert_allclose(data.ideal_shares(4, 1), [1 / 3, 0, 1 / 3, 1 / 3])
     np.testing.assert_allclose(data.ideal_shares(3, 0, [0.5, 0.25, 0.25]), [0, 0.5, 0.5])
-    assert data.setting_label("dng", {"scale": 5.0, "prior": 0.1, "tau": 0.25}) == "scale=5, prior=0.1"
-    assert data.setting_label("none", {"scale": 1.0}) == "unguided"
+    defaults = {"scale": 5.0, "prior": 0.25, "tau": 0.25}
+    assert data.setting_label("dng", {"scale": 5.0, "prior": 0.1, "tau": 0.25}, defaults) == "scale=5, prior=0.1"
+    assert data.setting_label("none", {"scale": 1.0}, {}) == "unguided"
     a = np.zeros((3, 1, 4, 4), dtype=np.uint8)
     b = a.copy()
     b[1] = 200

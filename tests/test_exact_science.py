@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import draw, labels_of
 
 from negguide.bench.tasks import get_task
-from conftest import draw, labels_of
 from negguide.datasets.gmm import GMM1D, RemovalProblem
 from negguide.metrics.distances import wasserstein_to_mixture
 

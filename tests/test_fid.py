@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from negguide.metrics import fid
-from negguide.metrics.frechet import FeatureStats, frechet_between
 
 
 @pytest.fixture(scope="module", autouse=True)

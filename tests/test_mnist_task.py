@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import run_json
 
 from negguide.bench.cli import main as bench_main
 from negguide.bench.tasks.mnist import MnistRuntime
-from conftest import run_json
 from negguide.datasets.bundles import ConditionalBundle
 from negguide.metrics.classes import kl_classes
 
@@ -27,7 +27,7 @@ def test_mnist_run_end_to_end(db, capsys):
 
 def test_one_batched_forward_gives_both_predictions():
     """uncond and neg come from one forward of the repeated batch, equal to separate calls."""
-    runtime = MnistRuntime(removed=3)
+    runtime = MnistRuntime(removed=3, device=torch.device("cpu"))
     bundle: ConditionalBundle = runtime.denoiser
     calls = []
     hook = bundle.model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
@@ -80,14 +80,15 @@ def test_kl_classes_zero_count_smoothing():
     assert kl_classes(with_forbidden, 0, 10) > kl_classes(balanced, 0, 10)
 
 
-def test_our_datasets_package_shadows_hugging_face_safely():
-    """`datasets` is ours, and transformers, diffusers and torch-fidelity still import beside it."""
-    import negguide.datasets
+def test_our_datasets_folder_lives_under_the_negguide_namespace():
+    """The folder `datasets/` is `negguide.datasets`: transformers, diffusers and torch-fidelity import beside it."""
     import diffusers  # noqa: F401
     import torch_fidelity  # noqa: F401
     import transformers  # noqa: F401
 
-    assert Path(datasets.__file__).resolve().parent == Path(__file__).resolve().parent.parent / "datasets"
+    import negguide.datasets
+
+    assert Path(negguide.datasets.__file__).resolve().parent == Path(__file__).resolve().parent.parent / "datasets"
 
 
 def test_frechet_distance_matches_the_general_matrix_square_root():

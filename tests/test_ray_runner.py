@@ -16,11 +16,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from negguide.bench.cli import main as bench_main  # noqa: E402
-from negguide.methods.errors import BenchError  # noqa: E402
-from negguide.bench.run.ray import RayExecutor, run_many  # noqa: E402
-from negguide.bench.run.engine import RunRequest, execute, expand_sweep, iter_requests, resolve  # noqa: E402
 from conftest import run_json  # noqa: E402
+
+from negguide.bench.cli import main as bench_main  # noqa: E402
+from negguide.bench.run import RunRequest, expand_sweep, resolve, resolve_all, run_all, run_one  # noqa: E402
+from negguide.bench.run.ray import RayExecutor  # noqa: E402
+from negguide.methods.errors import BenchError  # noqa: E402
 from negguide.results.store import Store  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -48,7 +49,7 @@ def reference(tmp_path_factory) -> dict:
     """CASE drawn in-process, unbroken: the numbers every other mode must reproduce."""
     store = Store(tmp_path_factory.mktemp("reference") / "bench.duckdb")
     request = RunRequest(task="gmm1d-remove-1", method="dng", samples=512, steps=200, batch_size=64)
-    out = execute(resolve(request), store, progress=False).result
+    out = run_one(resolve(request), store, progress=False).result
     return {**out, "x": _samples(out)}
 
 
@@ -145,7 +146,7 @@ def test_shard_of_a_dead_worker_is_retried(cluster, reference, tmp_path):
     killer.start()
     try:
         request = RunRequest(task="gmm1d-remove-1", method="dng", samples=512, steps=200, batch_size=64)
-        result = execute(resolve(request), Store(tmp_path / "bench.duckdb"), executor=executor, progress=False).result
+        result = run_one(resolve(request), Store(tmp_path / "bench.duckdb"), executor, progress=False).result
     finally:
         stop.set()
         executor.close()
@@ -177,16 +178,16 @@ def test_two_processes_share_one_database(tmp_path):
 
 def test_sweep_points_share_the_cluster(cluster, tmp_path):
     base = RunRequest(task="gmm1d-remove-1", method="dng", samples=256, steps=50, batch_size=64)
-    points = iter_requests(expand_sweep(base, {"scale": ["1", "3"]}))
+    points = resolve_all(expand_sweep(base, {"scale": ["1", "3"]}))
     ray_store, local_store = Store(tmp_path / "ray" / "bench.duckdb"), Store(tmp_path / "local" / "bench.duckdb")
-    execute(points[0], ray_store, progress=False)  # stored already: the sweep reuses it
+    run_one(points[0], ray_store, progress=False)  # stored already: the sweep reuses it
     executor = RayExecutor(workers=2, address=None)
     try:
-        on_ray = run_many(points, ray_store, executor, progress=False)
+        on_ray = run_all(points, ray_store, executor, progress=False)
     finally:
         executor.close()
     assert ray.is_initialized(), "closing a reused connection must leave the cluster running"
-    local = run_many(points, local_store, None, progress=False)
+    local = run_all(points, local_store, None, progress=False)
     assert [o.reused for o in on_ray] == [True, False] and [o.reused for o in local] == [False, False]
     assert [o.result["metrics"] for o in on_ray] == [o.result["metrics"] for o in local]
     assert on_ray[1].result["shards_total"] == 4 and len(ray_store.runs()) == 2

@@ -8,8 +8,6 @@ saved locally (BENCH_CLIP_CHECKPOINT). Nothing is downloaded.
 from __future__ import annotations
 
 import gzip
-import importlib
-import inspect
 import json
 import math
 from pathlib import Path
@@ -18,16 +16,16 @@ import numpy as np
 import pytest
 import torch
 
+import negguide.bench.tasks.t2i as t2i
 from negguide.bench.cli import main as bench_main
-from negguide.methods.errors import BenchError
+from negguide.bench.run.shards import clear_runtimes, runtime_for
 from negguide.bench.sampler import sample
-from negguide.bench.tasks import get_task
+from negguide.bench.tasks import TaskOptions, catalog, get_task
+from negguide.bench.tasks.spec import Conditioning
 from negguide.methods import load_method
-from negguide.metrics.clip import q_metric, q_regression, zero_shot
+from negguide.methods.errors import BenchError
+from negguide.metrics.clip import load_clip, q_metric, q_regression, zero_shot
 
-# The paired layout needs two harness hooks (runner: bind_samples; sampler: noise_keys).
-HOOKS = "noise_keys" in inspect.signature(sample).parameters
-needs_hooks = pytest.mark.skipif(not HOOKS, reason="needs the bench/sampler.py + bench/runner.py hooks of issue #6 (noise_keys, bind_samples)")
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
@@ -89,26 +87,11 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     return {"BENCH_SD_MODEL": str(build_tiny_sd(root)), "BENCH_CLIP_MODEL": clip_name, "BENCH_CLIP_CHECKPOINT": str(clip_file)}
 
 
-def t2i_module():
-    """negguide.bench.tasks.t2i, imported after the registry has loaded every family (importing it first would stop that)."""
-    import negguide.bench.tasks
-
-    bench.tasks.all_tasks()
-    return importlib.import_module("negguide.bench.tasks.t2i")
-
-
 def reload_t2i() -> None:
-    """Re-register the text-to-image tasks for the current environment (they read it when registered)."""
-    import negguide.bench.run.engine
-    import negguide.bench.tasks
-    import negguide.metrics.clip
-
-    module = t2i_module()
-    for name in [n for n, t in bench.tasks._TASKS.items() if t.family == "text-to-image"]:
-        del bench.tasks._TASKS[name]
-    importlib.reload(module)
-    getattr(bench.run.engine, "_cached_runtime", bench.run.engine._runtime).cache_clear()
-    metrics.clip.load_clip.cache_clear()
+    """Forget tasks and models read from the environment (BENCH_SD_MODEL, BENCH_PROMPTS, CLIP)."""
+    catalog.cache_clear()
+    clear_runtimes()
+    load_clip.cache_clear()
 
 
 @pytest.fixture
@@ -156,8 +139,8 @@ def test_scaled_linear_schedule_matches_diffusers():
 
 
 def test_v_prediction_is_converted_to_eps():
-    from negguide.methods.schedule import Schedule
     from negguide.datasets.stable_diffusion import ModelFacts, StableDiffusion
+    from negguide.methods.schedule import Schedule
 
     class ConstantV(torch.nn.Module):
         def forward(self, x, t, encoder_hidden_states):
@@ -170,7 +153,6 @@ def test_v_prediction_is_converted_to_eps():
     assert torch.allclose(eps, step.alpha_bar**0.5 * 0.5 + (1 - step.alpha_bar) ** 0.5 * x, atol=1e-6)
 
 
-@needs_hooks
 def test_tiny_sd_run_end_to_end(t2i_env, capsys):
     task = get_task("sd2-related-unrelated")
     assert task.shape == (4, 8, 8) and task.schedule.as_dict()["kind"] == "scaled_linear"
@@ -192,7 +174,6 @@ def test_tiny_sd_run_end_to_end(t2i_env, capsys):
     assert traces["guidance_scale"].shape == (4, 15)
 
 
-@needs_hooks
 def test_sld_diffusers_and_np_run_on_tiny_sd(t2i_env, capsys):
     args = ["--task", "sd2-english-breakfast", "--samples", "3", "--steps", "3"]
     sld = run(capsys, "--method", "methods/sld_diffusers.py:DiffusersSLD", "--param", "preset=max", *args)
@@ -201,17 +182,13 @@ def test_sld_diffusers_and_np_run_on_tiny_sd(t2i_env, capsys):
     assert npr["metrics"]["clip_related"] < 1.0
 
 
-@needs_hooks
 def test_one_batched_unet_forward_per_step(t2i_env):
     task = get_task("sd2-english-breakfast")
-    runtime = task.load()
+    runtime = runtime_for(task, torch.device("cpu"))
     calls = []
     forward = runtime.model.unet.forward
     runtime.model.unet.forward = lambda *a, **k: calls.append(len(a[0])) or forward(*a, **k)
-    ids = np.arange(6)
-    runtime.bind_samples(ids)
-    sample(runtime.denoiser, load_method("dng"), task.schedule.steps(2), ids, 0, task.shape, finalize=runtime.finalize,
-           extra_needs=runtime.extra_needs, noise_keys=runtime.noise_keys(ids))
+    sample(load_method("dng"), runtime.condition(np.arange(6)), task.schedule.steps(2), 0, task.shape)
     assert calls == [18, 18]  # 6 samples x (uncond, neg, null), once per step
 
 
@@ -251,14 +228,11 @@ def test_missing_clip_weights_one_line():
 
 def test_runtime_refuses_unpaired_noise(t2i_env):
     task = get_task("sd2-english-breakfast")
-    runtime = task.load()
-    ids = np.arange(3)
-    runtime.bind_samples(ids)
-    with pytest.raises(BenchError, match="same noise"):  # the sampler drew independent noise per sample
-        sample(runtime.denoiser, load_method("np"), task.schedule.steps(2), ids, 0, task.shape, finalize=runtime.finalize)
-    runtime._bound = None
-    with pytest.raises(BenchError, match="bind_samples"):
-        runtime.denoiser(torch.zeros(3, *task.shape), task.schedule.steps(2)[0], ("uncond",))
+    runtime = runtime_for(task, torch.device("cpu"))
+    paired = runtime.condition(np.arange(3))
+    unpaired = Conditioning(paired.denoiser, np.arange(3), paired.extra_needs, paired.finalize)  # independent noise per sample
+    with pytest.raises(BenchError, match="same noise"):
+        sample(load_method("np"), unpaired, task.schedule.steps(2), 0, task.shape)
 
 
 # ---- SLD as diffusers computes it --------------------------------------------------------------
@@ -329,22 +303,25 @@ def test_zero_shot_prefers_the_closer_text():
 
 
 def test_prompt_file_is_valid_and_ours():
-    t2i = t2i_module()
     triplets = t2i.load_prompts(t2i.PROMPTS_FILE)
     assert len(triplets) >= 5 and all(t.dng["prior"] == 0.01 for t in triplets)
     assert "not available to us" in json.loads(t2i.PROMPTS_FILE.read_text())["note"]
 
 
-def test_user_prompt_file_via_env(monkeypatch, tmp_path):
+def test_user_prompt_file_by_option_and_env(monkeypatch, tmp_path):
     default_version = get_task("sd2-related-unrelated").version
     mine = tmp_path / "mine.json"
     mine.write_text(json.dumps({"triplets": [{"id": "kitchen", "positive": "a kitchen", "related": "a kettle", "unrelated": "a whale"}]}))
+    options = TaskOptions(prompts=mine)  # what --prompts passes: no environment variable is set
+    single, every = get_task("sd2-kitchen", options), get_task("sd2-related-unrelated", options)
+    assert single.profile("paper").samples == 3 * 32 and every.profile("quick").samples == 3
+    assert every.version != default_version  # the prompts are part of the task version
+    with pytest.raises(BenchError, match="unknown task 'sd2-kitchen'"):
+        get_task("sd2-kitchen")  # the default catalog is untouched
     monkeypatch.setenv("BENCH_PROMPTS", str(mine))
     reload_t2i()
     try:
-        single, every = get_task("sd2-kitchen"), get_task("sd2-related-unrelated")
-        assert single.profile("paper").samples == 3 * 32 and every.profile("quick").samples == 3
-        assert every.version != default_version  # the prompts are part of the task version
+        assert get_task("sd2-kitchen").version == single.version
     finally:
         monkeypatch.undo()
         reload_t2i()
@@ -354,7 +331,7 @@ def test_bad_prompt_file_is_one_line(tmp_path):
     bad = tmp_path / "p.json"
     bad.write_text(json.dumps({"triplets": [{"id": "x", "positive": "a"}]}))
     with pytest.raises(BenchError, match="lacks related, unrelated"):
-        t2i_module().load_prompts(bad)
+        t2i.load_prompts(bad)
 
 
 # ---- the exact analogue -----------------------------------------------------------------------
@@ -364,7 +341,6 @@ ANALOGUE = ["--task", "gmm2d-prompts", "--samples", str(3 * 512), "--steps", "10
 DNG = ["--param", "scale=2", "--param", "prior=0.33", "--param", "tau=1"]
 
 
-@needs_hooks
 def test_exact_analogue_unrelated_negative(capsys, db):
     none = run(capsys, "--method", "none", *ANALOGUE)["metrics"]
     assert none["change_related"] == 0.0 and none["change_unrelated"] == 0.0
