@@ -6,14 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from negguide.bench.usage import OneLineParser
 from negguide.methods.errors import BenchError, MethodError
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line and exit code 2, like every other bad input."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise BenchError(f"{message} (see `{self.prog} --help`)")
 
 
 def _key_values(pairs: list[str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from negguide.bench.train import ema_update
+from negguide.bench.usage import OneLineParser
 from negguide.datasets.cifar10 import (
     CIFAR_FOLDER,
     CLASSES,
@@ -119,10 +120,6 @@ def _denoising_loss(model: torch.nn.Module, data: torch.Tensor, alpha_bars: torc
 # ---- command line -------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from negguide.bench.cli import (
-        OneLineParser,  # usage errors as one line and exit code 2, like `bench`
-    )
-
     parser = OneLineParser(prog="bench train", description="CIFAR-10 class-removal models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p = sub.add_parser("cifar10-forget", help="fine-tune the unconditional DDPM on one class (the to-forget model)")

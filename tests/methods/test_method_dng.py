@@ -172,7 +172,7 @@ def test_guidance_is_staggered_one_step():
 def test_window_uses_unguided_outside_while_the_posterior_keeps_evolving():
     gen = torch.Generator().manual_seed(45)
     shape = (4, 2)
-    t_low, t_high = 326, 714  # steps 13..33 of the 50-step chain
+    t_low, t_high = 326, 714  # steps 14..33 of the 50-step chain
     method = load_method("dng", {**PARAMS, "t_low": t_low, "t_high": t_high})
     paper = PaperDNG(5.0, 0.25, 0.25, 2e-3, 1e-6, 0.99, "beta_tilde", shape[0])
     inputs = chain_inputs(gen, shape, torch.tensor([0.9, 0.1, 0.5, 0.45], dtype=torch.float64), "beta_tilde")

@@ -11,7 +11,7 @@ from conftest import run_json
 from negguide.bench.cli import main as bench_main
 from negguide.results.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 QUICK = ["--task", "gmm1d-remove-1", "--samples", "256", "--steps", "50"]
 
 

@@ -21,7 +21,7 @@ from negguide.datasets.mnist_models import (
     load_ddpm,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CLASSIFIER = REPO / "datasets" / "weights" / "mnist-classifier"
 SHIPPED_DDPM = REPO / "datasets" / "weights" / "mnist-ddpm"
 

@@ -16,7 +16,7 @@ from negguide.results.artifacts import image_grid_png, write_bytes_atomic, write
 from negguide.results.leaderboard import headline_of
 from negguide.results.store import RunRecord, Store
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 GMM1D, GMM2D = "gmm1d-remove-1", "gmm2d-remove-0"
 IMAGES = "toy-images-remove-3"  # not a registered task: image pages must work from the store alone
 QUICK = ["--samples", "256", "--steps", "50", "--no-progress"]

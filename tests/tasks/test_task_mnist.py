@@ -51,7 +51,7 @@ def test_missing_checkpoint_is_one_line_exit_2(db, capsys, tmp_path, monkeypatch
 def test_corrupt_checkpoint_is_one_line_exit_2(db, capsys, tmp_path, monkeypatch):
     broken = tmp_path / "ddpm"
     broken.mkdir()
-    source = Path(__file__).resolve().parent.parent / "datasets" / "weights" / "mnist-ddpm"
+    source = Path(__file__).resolve().parents[2] / "datasets" / "weights" / "mnist-ddpm"
     (broken / "config.json").write_text((source / "config.json").read_text())
     (broken / "ema.safetensors").write_bytes(b"not a checkpoint")
     monkeypatch.setenv("BENCH_MNIST_DDPM", str(broken))
@@ -88,7 +88,7 @@ def test_our_datasets_folder_lives_under_the_negguide_namespace():
 
     import negguide.datasets
 
-    assert Path(negguide.datasets.__file__).resolve().parent == Path(__file__).resolve().parent.parent / "datasets"
+    assert Path(negguide.datasets.__file__).resolve().parent == Path(__file__).resolve().parents[2] / "datasets"
 
 
 def test_frechet_distance_matches_the_general_matrix_square_root():
