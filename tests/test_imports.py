@@ -1,83 +1,34 @@
 """The structure the design card declares: who may import whom, no circles, no work at import."""
 from __future__ import annotations
 
-import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = ("methods", "metrics", "datasets", "bench", "results", "dashboard")
-# Who may import whom, by folder (DESIGN.md: cli -> run -> tasks -> {datasets, metrics} -> methods; run -> results;
-# dashboard -> results, metrics). Every folder may import itself and the bottom floor, `methods`.
-ALLOWED = {
-    "methods": {"methods"},
-    "metrics": {"metrics", "methods"},
-    "datasets": {"datasets", "methods"},
-    "results": {"results", "metrics", "methods"},
-    "bench": {"bench", "datasets", "metrics", "methods", "results", "dashboard"},  # the CLI launches the dashboard
-    "dashboard": {"dashboard", "results", "metrics", "methods"},
-}
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
-    return ".".join(("negguide", *parts[:-1])) if parts[-1] == "__init__" else ".".join(("negguide", *parts))
-
-
-def imports() -> dict[str, set[str]]:
-    """Module -> the negguide modules it imports (at any depth of the file)."""
-    graph: dict[str, set[str]] = {}
-    for folder in FOLDERS:
-        for path in (REPO / folder).rglob("*.py"):
-            found = set()
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    found.add(node.module)
-                elif isinstance(node, ast.Import):
-                    found.update(alias.name for alias in node.names)
-            graph[module_name(path)] = {name for name in found if name.startswith("negguide.")}
-    return graph
+_spec = importlib.util.spec_from_file_location("structure", REPO / "benchmarks" / "structure.py")
+structure = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(structure)
 
 
 def test_imports_run_only_downwards():
-    wrong = []
-    for module, targets in imports().items():
-        floor = module.split(".")[1]
-        for target in targets:
-            if target.split(".")[1] not in ALLOWED[floor]:
-                wrong.append(f"{module} -> {target}")
-    assert not wrong, "imports against the declared directions:\n" + "\n".join(sorted(wrong))
+    assert not structure.upward(structure.import_graph(REPO))
 
 
 def test_no_import_circles():
-    graph = imports()
-    modules = set(graph)
+    assert not structure.circles(structure.import_graph(REPO))
 
-    def resolve(target: str) -> str | None:  # `from negguide.bench.tasks import X` names the package module
-        while target and target not in modules:
-            target = target.rpartition(".")[0]
-        return target or None
 
-    edges = {m: {r for t in targets if (r := resolve(t)) and r != m} for m, targets in graph.items()}
-    state: dict[str, int] = {}
-    circles = []
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for nxt in sorted(edges[node]):
-            if state.get(nxt) == 1:
-                circles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
-            elif nxt not in state:
-                visit(nxt, path + [nxt])
-        state[node] = 2
-
-    for module in sorted(edges):
-        if module not in state:
-            visit(module, [module])
-    # A package importing its own submodules (an __init__ re-exporting) is not a circle of rooms.
-    circles = [c for c in circles if not all(part.startswith(c.split(" -> ")[0]) for part in c.split(" -> "))]
-    assert not circles, "import circles:\n" + "\n".join(circles)
+def test_the_structure_script_finds_what_it_should(tmp_path):
+    """A method importing the harness, and two modules importing each other, are reported."""
+    for folder, text in (("methods", "from negguide.bench.cli import main\n"), ("bench", "from negguide.bench.other import x\n")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.py").write_text(text)
+    (tmp_path / "bench" / "other.py").write_text("from negguide.bench.a import y\n")
+    graph = structure.import_graph(tmp_path)
+    assert structure.upward(graph) == ["methods.a -> bench.cli"]
+    assert structure.circles(graph) == ["bench.a -> bench.other -> bench.a"]
 
 
 def test_importing_does_no_work_and_changes_nothing_process_wide():

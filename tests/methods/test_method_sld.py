@@ -36,17 +36,13 @@ def sld_preds(gen: torch.Generator, shape, threshold: float, s_s: float) -> dict
     u = torch.rand(n, generator=gen, dtype=torch.float64)
     d = torch.where(kind == 0, 2.0 * _randn(gen, (n,)),  # mostly saturated
                     torch.where(kind == 1, (2.0 * u - 1.0) / s_s,  # linear ramp
-                                torch.where(kind == 2, -1.0 / s_s + u * (threshold + 2.0 / s_s), d_zero(n))))
+                                torch.where(kind == 2, -1.0 / s_s + u * (threshold + 2.0 / s_s), torch.zeros(n, dtype=torch.float64))))
     eps_n = eps_u - d
     # Exactly on the threshold: eps_u = threshold, eps_n = 0 makes eps_u - eps_n == threshold bit for bit.
     on = torch.arange(n) % 7 == 3
     eps_u, eps_n = torch.where(on, threshold, eps_u), torch.where(on, 0.0, eps_n)
     assert torch.any((eps_u - eps_n) == threshold)
     return {"uncond": eps_u.reshape(shape), "neg": eps_n.reshape(shape)}
-
-
-def d_zero(n: int) -> torch.Tensor:
-    return torch.zeros(n, dtype=torch.float64)
 
 
 class PaperSLD:
