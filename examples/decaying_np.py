@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from negguide.methods.base import GuidanceMethod, Params, Predictions, State, constant
-from negguide.methods.schedule import Step
+from negguide.methods import GuidanceMethod, Params, Predictions, State, Step, constant
 
 
 @dataclass(frozen=True)
