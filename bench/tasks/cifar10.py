@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task
+from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task, class_removal
 from negguide.datasets import cifar10
 from negguide.methods.errors import BenchError
 from negguide.metrics.base import metric
@@ -114,21 +114,11 @@ def _details(removed: int) -> dict:
 
 def _cifar10_task(removed: int) -> Task:
     name = cifar10.CLASSES[removed]
-    return Task(
-        name=f"cifar10-remove-{removed}",
-        version=VERSION,
-        family="cifar10",
-        description=f"CIFAR-10: remove class {removed} ({name}) from {cifar10.DDPM_ID} with a to-forget DDPM fine-tuned on {name}s; ViT judge (needs downloaded weights)",
-        shape=(3, 32, 32),
-        removed=removed,
-        metrics=METRICS,
-        profiles=PROFILES,
-        n_classes=N_CLASSES,
-        load=partial(Cifar10Runtime, removed),
-        details=partial(_details, removed),
-        resources=partial(_resources, removed),
-        preflight=partial(preflight, removed),
-    )
+    description = (f"CIFAR-10: remove class {removed} ({name}) from {cifar10.DDPM_ID} with a to-forget DDPM fine-tuned on {name}s; "
+                   "ViT judge (needs downloaded weights)")
+    return class_removal("cifar10", removed, Cifar10Runtime, version=VERSION, description=description, shape=(3, 32, 32), n_classes=N_CLASSES,
+                         metrics=METRICS, profiles=PROFILES, details=partial(_details, removed), resources=partial(_resources, removed),
+                         preflight=partial(preflight, removed))
 
 
 def tasks(options: object = None) -> Iterable[Task]:

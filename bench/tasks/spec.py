@@ -8,7 +8,8 @@ and the per-sample records once. Nothing else is probed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from functools import partial
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -138,3 +139,8 @@ class Task:
             "headline": self.headline(),
             **self.details(),
         }
+
+
+def class_removal(family: str, removed: int, runtime: Callable[..., TaskRuntime], **spec: Any) -> Task:
+    """The task `{family}-remove-{removed}`, whose runtime is `runtime(removed, device)`."""
+    return Task(name=f"{family}-remove-{removed}", family=family, removed=removed, load=partial(runtime, removed), **spec)
