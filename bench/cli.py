@@ -33,11 +33,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help="method name, or path/to/file.py:ClassName")
     p.add_argument("--task", required=True)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeatable)")
-    p.add_argument("--profile", help="task profile (default: quick)")
+    p.add_argument("--protocol", "--profile", dest="protocol", help="the task's protocol: quick (default), standard, paper (`bench describe task T`)")
+    p.add_argument("--variance", choices=("beta_tilde", "beta"), help="sampler noise variance (default: the protocol's; quick and standard beta_tilde, paper beta)")
     p.add_argument("--samples", type=int)
     p.add_argument("--steps", type=int, help="respaced sampling steps (<= T)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="default: the protocol's (0)")
     p.add_argument("--db", type=Path, help="DuckDB file (default: $BENCH_DB or ./bench-data/bench.duckdb)")
     p.add_argument("--force", action="store_true", help="recompute even if this exact run is stored")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -61,13 +62,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
 
-    _add_run_options(sub.add_parser("run", help="run one method on one task and store the result"))
+    p = sub.add_parser("run", help="run one method on one task, beside the unguided run on the same noise, and store both")
+    _add_run_options(p)
+    p.add_argument("--no-baseline", action="store_true", help="skip the unguided run and the paired comparison with it")
     p = sub.add_parser("sweep", help="run a grid of parameter values (e.g. --param scale=1,2,5)")
     _add_run_options(p)
+    p = sub.add_parser("calibrate", help="find the smallest scale whose forbidden share is at most --target (matched safety)")
+    _add_run_options(p)
+    p.add_argument("--target", type=float, default=0.01, help="forbidden share to reach (default 0.01, the paper's regime)")
+    p.add_argument("--start", type=float, help="first scale to try (default: the method's default scale)")
+    p.add_argument("--max-runs", type=int, default=12, help="run budget of the search (default 12)")
 
-    p = sub.add_parser("leaderboard", help="print the leaderboard table")
+    p = sub.add_parser("compare", help="two runs on the same noise: both values and the paired difference, with intervals")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--db", type=Path)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("leaderboard", help="print the leaderboard: matched safety per method, then all protocol runs")
     p.add_argument("--task")
     p.add_argument("--db", type=Path)
+    p.add_argument("--exploratory", action="store_true", help="also list runs that satisfy no protocol")
+    p.add_argument("--target", type=float, default=0.01, help="the matched-safety target of the headline table (default 0.01)")
 
     p = sub.add_parser("train", help="train the MNIST models (ddpm | classifier) or the CIFAR-10 to-forget model (cifar10-forget --class K)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -119,7 +135,8 @@ def _request(args: argparse.Namespace, params: dict[str, str]):
     from negguide.bench.run import RunRequest
 
     return RunRequest(task=args.task, method=args.method, params=params, samples=args.samples, steps=args.steps,
-                      batch_size=args.batch_size, seed=args.seed, profile=args.profile, prompts=args.prompts)
+                      batch_size=args.batch_size, seed=args.seed, protocol=args.protocol, variance=args.variance,
+                      prompts=args.prompts)
 
 
 def _executor(args: argparse.Namespace):
@@ -149,20 +166,102 @@ def _execute(args: argparse.Namespace, requests: list) -> list:
         executor.close()
 
 
+def _interval_text(result: dict, name: str) -> str:
+    low, high = result.get("intervals", {}).get(name, [None, None])
+    return f"[{low:.4g}, {high:.4g}]" if low is not None and high is not None else ""
+
+
 def _print_result(result: dict, as_json: bool, reused: bool) -> None:
     if as_json:
         print(json.dumps({**result, "reused": reused}, sort_keys=True))
         return
     note = " (stored result reused; --force recomputes)" if reused else ""
-    print(f"run {result['run_id']}: {result['method']} on {result['task']}, {result['samples']} samples, {result['steps']} steps{note}")
+    protocol = f"protocol {result['protocol']}" if result.get("protocol") else "exploratory"
+    print(f"run {result['run_id']}: {result['method']} on {result['task']}, {result['samples']} samples, {result['steps']} steps, "
+          f"seed {result['seed']} ({protocol}){note}")
     for name, value in sorted(result["metrics"].items()):
-        print(f"  {name:<16} {value:.6g}")
+        print(f"  {name:<24} {value:<12.6g} {_interval_text(result, name)}")
     print(f"  artifacts: {result['artifacts_dir']}")
 
 
+def _with_baseline(args: argparse.Namespace, outcome, baseline) -> dict:
+    """The run's result with the unguided run on the same noise and the paired comparison."""
+    from negguide.bench.run.compare import compare_runs, verdict
+    from negguide.results.leaderboard import headline_of
+
+    store = _store(args)
+    rows = compare_runs(store, baseline.run_id, outcome.run_id)
+    quality, _ = headline_of(store, outcome.result["task"])
+    summary = verdict(rows, outcome.result["method"], quality)
+    return {**outcome.result, "reused": outcome.reused, "baseline": {
+        "run_id": baseline.run_id, "reused": baseline.reused, "metrics": baseline.result["metrics"], "intervals": baseline.result["intervals"],
+        "comparison": [row.as_dict() for row in rows], "summary": summary}}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    (outcome,) = _execute(args, [_request(args, _key_values(args.param))])
-    _print_result(outcome.result, args.json, outcome.reused)
+    from dataclasses import replace
+
+    request = _request(args, _key_values(args.param))
+    with_baseline = not args.no_baseline and request.method != "none"
+    outcomes = _execute(args, [request, replace(request, method="none", params={})] if with_baseline else [request])
+    if not with_baseline:
+        _print_result(outcomes[0].result, args.json, outcomes[0].reused)
+        return 0
+    result = _with_baseline(args, *outcomes)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return 0
+    from negguide.bench.run.compare import compare_runs, comparison_table
+
+    _print_result(outcomes[0].result, False, outcomes[0].reused)
+    print(f"beside the unguided run {result['baseline']['run_id']} on the same noise (* : the paired 95% interval excludes 0):")
+    print(comparison_table(compare_runs(_store(args), result["baseline"]["run_id"], result["run_id"]), "unguided [95% CI]", "this run [95% CI]"))
+    print(result["baseline"]["summary"])
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from negguide.bench.run.calibrate import calibrate
+
+    store = _store(args)
+    store.check(writing=True)
+    request = _request(args, _key_values(args.param))
+    executor = _executor(args)
+    try:
+        found = calibrate(request, args.target, store, executor, start=args.start, max_runs=args.max_runs,
+                          progress=not args.no_progress, device=args.device)
+    finally:
+        executor.close()
+    result = found.as_dict()
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return 0
+    print(f"calibration {found.calibration_id}: {request.method} on {request.task}, target forbidden share <= {args.target:g}")
+    for point in result["points"]:
+        low, high = point["interval"]
+        mark = " <- chosen" if found.chosen and point["run_id"] == found.chosen.run_id else ""
+        print(f"  scale {point['scale']:<10.6g} forbidden {point['forbidden_rate']:<8.4g} [{low:.4g}, {high:.4g}]  run {point['run_id']}"
+              f"{' (reused)' if point['reused'] else ''}{mark}")
+    if found.chosen is None:
+        print(f"  no scale tried met the target in {len(found.points)} runs; raise --max-runs or --start")
+    else:
+        print(f"  chosen scale {found.chosen.scale:.6g}: forbidden {found.chosen.forbidden:.4g} [{found.chosen.low:.4g}, {found.chosen.high:.4g}]")
+    for a, b in found.violations:
+        print(f"  not monotone: scale {b.scale:.6g} is less safe than {a.scale:.6g} beyond their intervals")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from negguide.bench.run.compare import compare_runs, comparison_table
+
+    store = _store(args)
+    store.check(writing=False)
+    rows = compare_runs(store, args.run_a, args.run_b)
+    if args.json:
+        print(json.dumps({"run_a": args.run_a, "run_b": args.run_b, "metrics": [row.as_dict() for row in rows]}, sort_keys=True))
+    else:
+        print(f"B = {args.run_b} minus A = {args.run_a}, paired over the samples they share (* : the 95% interval excludes 0)")
+        print(comparison_table(rows, f"A {args.run_a[:8]} [95% CI]", f"B {args.run_b[:8]} [95% CI]"))
     return 0
 
 
@@ -180,18 +279,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from negguide.results.leaderboard import leaderboard_table
+    import pandas as pd
+
+    from negguide.results.leaderboard import leaderboard_table, matched_safety_table
 
     store = _store(args)
     store.check(writing=False)
-    table = leaderboard_table(store, args.task)
+    table = leaderboard_table(store, args.task, exploratory=args.exploratory, intervals_as_text=True)
     if table.empty:
-        print("the store is empty; fill it with e.g. `bench run --method dng --task mnist-remove-0`")
+        hint = "" if args.exploratory else " (none satisfies a protocol; --exploratory lists the others)"
+        print(f"no runs to rank{hint}; fill the store with e.g. `bench run --method dng --task mnist-remove-0`")
         return 0
-    import pandas as pd
-
-    with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_columns", 30):
-        print(table.to_string(index=False))
+    with pd.option_context("display.max_rows", 200, "display.width", 250, "display.max_columns", 30, "display.max_colwidth", 40):
+        for task, runs in table.groupby("task", sort=True):
+            matched = matched_safety_table(store, task, args.target)
+            if not matched.empty:
+                quality = matched["quality_metric"].iloc[0]
+                shown = matched.assign(**{m: [f"{v:.4g} [{lo:.4g}, {hi:.4g}]" for v, lo, hi in zip(matched[m], matched[m + "__low"], matched[m + "__high"])]
+                                          for m in (quality, "forbidden_rate", "kl_classes")})
+                print(f"{task}: matched safety (forbidden share <= {args.target:g}, `bench calibrate`); shared rank where 95% intervals overlap")
+                print(shown[["rank", "method", "scale", quality, "forbidden_rate", "kl_classes", "samples", "run_id"]].to_string(index=False))
+                print()
+            print(f"{task}: {'all' if args.exploratory else 'protocol'} runs")
+            print(runs.drop(columns=["task"]).to_string(index=False))
+            print()
     return 0
 
 
@@ -211,7 +322,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return launch(args.db, args.port, args.host)
 
 
-COMMANDS = {"list": cmd_list, "describe": cmd_describe, "run": cmd_run, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard,
+COMMANDS = {"list": cmd_list, "describe": cmd_describe, "run": cmd_run, "sweep": cmd_sweep, "calibrate": cmd_calibrate, "compare": cmd_compare,
+            "leaderboard": cmd_leaderboard,
             "train": cmd_train, "dashboard": cmd_dashboard}
 
 

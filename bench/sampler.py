@@ -42,11 +42,14 @@ def sample(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     callback: Callback | None = None,
+    variance: str = "beta_tilde",
 ) -> tuple[torch.Tensor, Traces]:
     """Draw one batch with `method`; sample i's noise depends only on (seed, its noise key).
 
     Every tensor lives on `device`, the per-sample state included; `conditioning` says which
     rows these are (noise keys, the denoiser bound to them, positive CFG, exact traces).
+    `variance` is the noise added each step: beta_tilde (the DDPM posterior variance) or beta (the
+    paper's Algorithm 1 and the reference code); no noise is added on the step to clean data.
     """
     keys = conditioning.noise_keys  # rows sharing a key share all their noise (paired arms)
     draw = lambda step_index: noise.gaussian(seed, keys, step_index, shape, device).to(dtype)  # noqa: E731
@@ -62,8 +65,9 @@ def sample(
         if conditioning.finalize is not None:  # e.g. positive CFG around the method's output (text-to-image)
             eps = conditioning.finalize(eps, preds)
         x_prev = step.mean(x, eps)
-        if step.beta_tilde > 0.0:
-            x_prev = x_prev + step.beta_tilde**0.5 * draw(step.index)
+        sigma2 = step.beta_tilde if variance == "beta_tilde" else step.beta
+        if step.t_prev >= 0 and sigma2 > 0.0:
+            x_prev = x_prev + sigma2**0.5 * draw(step.index)
         if step.index % trace_every == 0 or step.index == len(chain) - 1:
             named = method.trace(state)
             if conditioning.exact_trace is not None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from negguide.metrics.intervals import Statistic
+
 
 @dataclass(frozen=True)
 class MetricInfo:
@@ -17,9 +19,13 @@ class MetricValue:
     value: float
     higher_is_better: bool
     samples: int
+    low: float = float("nan")  # 95% interval, and how it was made (metrics/intervals.py)
+    high: float = float("nan")
+    interval: str = "none"
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "value": self.value, "higher_is_better": self.higher_is_better, "samples": self.samples}
+        return {"name": self.name, "value": self.value, "higher_is_better": self.higher_is_better, "samples": self.samples,
+                "low": self.low, "high": self.high, "interval": self.interval}
 
 
 _INFOS = [
@@ -48,5 +54,12 @@ METRICS: dict[str, MetricInfo] = {info.name: info for info in _INFOS}
 
 
 def metric(name: str, value: float, samples: int) -> MetricValue:
-    """A MetricValue with the registered direction of `name`."""
+    """A MetricValue with the registered direction of `name` (no interval)."""
     return MetricValue(name, float(value), METRICS[name].higher_is_better, int(samples))
+
+
+def measure(statistic: Statistic) -> MetricValue:
+    """The value of a statistic on all its units, with its 95% interval."""
+    interval = statistic.interval()
+    return MetricValue(statistic.name, statistic.value(), METRICS[statistic.name].higher_is_better, statistic.units,
+                       interval.low, interval.high, interval.method)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from negguide.metrics.intervals import RESAMPLES_COSTLY, Statistic
+
 
 @dataclass
 class FeatureStats:
@@ -54,3 +56,8 @@ def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov
 
 def frechet_between(a: FeatureStats, b: FeatureStats) -> float:
     return frechet_distance(*a.mean_cov(), *b.mean_cov())
+
+
+def frechet_statistic(name: str, features: np.ndarray, reference: FeatureStats) -> Statistic:
+    """The Frechet distance of a feature set to a reference, as a statistic over samples (costly bootstrap)."""
+    return Statistic(name, len(features), lambda index: frechet_between(FeatureStats.of(features[index]), reference), resamples=RESAMPLES_COSTLY)

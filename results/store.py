@@ -40,7 +40,10 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TIMESTAMP,
     wall_seconds DOUBLE,
     status VARCHAR NOT NULL,
-    artifacts_dir VARCHAR
+    artifacts_dir VARCHAR,
+    protocol VARCHAR,
+    variance VARCHAR,
+    digests VARCHAR
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR NOT NULL,
@@ -48,6 +51,9 @@ CREATE TABLE IF NOT EXISTS metrics (
     value DOUBLE,
     higher_is_better BOOLEAN NOT NULL,
     samples BIGINT NOT NULL,
+    low DOUBLE,
+    high DOUBLE,
+    interval VARCHAR,
     PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS traces (
@@ -64,6 +70,18 @@ CREATE TABLE IF NOT EXISTS class_counts (
     count BIGINT NOT NULL,
     PRIMARY KEY (run_id, class_index)
 );
+CREATE TABLE IF NOT EXISTS calibrations (
+    calibration_id VARCHAR PRIMARY KEY,
+    task VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    params VARCHAR NOT NULL,
+    target DOUBLE NOT NULL,
+    scale DOUBLE NOT NULL,
+    run_id VARCHAR NOT NULL,
+    monotone BOOLEAN NOT NULL,
+    points VARCHAR NOT NULL,
+    created_at TIMESTAMP
+);
 CREATE TABLE IF NOT EXISTS task_info (
     task VARCHAR PRIMARY KEY,
     info VARCHAR NOT NULL
@@ -77,6 +95,15 @@ TABLES = ("runs", "metrics", "traces", "class_counts")  # a run's rows
 # What readers need to know of a task or method without importing it (headline, defaults): the
 # newest writer's description, so the leaderboard and dashboard stay free of torch and the registries.
 CATALOG = {"task_info": "task", "method_info": "method"}
+# Columns added since the first version: a store written before them gets them on its next write.
+MIGRATIONS = (
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS protocol VARCHAR",
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS variance VARCHAR",
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS digests VARCHAR",
+    "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS low DOUBLE",
+    "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS high DOUBLE",
+    "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS interval VARCHAR",
+)
 
 
 def default_db_path() -> Path:
@@ -109,8 +136,27 @@ class RunRecord:
     class_counts: list[int] = field(default_factory=list)
     sweep_id: str | None = None
     status: str = "done"
+    protocol: str | None = None  # the protocol the run satisfies; None: exploratory
+    variance: str = "beta_tilde"  # the sampler's noise variance
+    digests: dict = field(default_factory=dict)  # content digests of the judge and the reference
     task_info: dict = field(default_factory=dict)  # headline, family, classes, metrics (Task.describe without details)
     method_info: dict = field(default_factory=dict)  # summary, needs, parameter defaults
+
+
+@dataclass
+class CalibrationRecord:
+    """A matched-safety calibration: the smallest scale meeting `target`, the run it chose, every point it took."""
+
+    calibration_id: str
+    task: str
+    method: str
+    params: str  # the fixed parameters (JSON), the scale excluded
+    target: float
+    scale: float
+    run_id: str
+    monotone: bool
+    points: str  # JSON list of {scale, run_id, forbidden_rate, interval, reused}
+    created_at: float
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -159,17 +205,17 @@ class Store:
             if not os.access(ancestor, os.W_OK | os.X_OK):
                 raise BenchError(f"cannot create the store {self.path}: {ancestor} is not writable (read-only?); pass --db with a writable path")
 
-    def write_run(self, record: RunRecord) -> None:
-        """Insert (or replace) a whole run atomically: all its rows or none."""
+    def _transaction(self, write) -> None:
+        """Open, bring the schema up to date, run `write(con)` in one transaction, close."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = self._connect(read_only=False)
         try:
             con.execute(SCHEMA)
+            for statement in MIGRATIONS:
+                con.execute(statement)
             con.execute("BEGIN TRANSACTION")
             try:
-                for table in TABLES:
-                    con.execute(f"DELETE FROM {table} WHERE run_id = ?", [record.run_id])
-                self._insert(con, record)
+                write(con)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -177,17 +223,53 @@ class Store:
         finally:
             con.close()
 
+    def write_run(self, record: RunRecord) -> None:
+        """Insert (or replace) a whole run atomically: all its rows or none."""
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            for table in TABLES:
+                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [record.run_id])
+            self._insert(con, record)
+
+        self._transaction(write)
+
+    def write_calibration(self, record: CalibrationRecord) -> None:
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute("DELETE FROM calibrations WHERE calibration_id = ?", [record.calibration_id])
+            con.execute("INSERT INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?))",
+                        [record.calibration_id, record.task, record.method, record.params, record.target, record.scale, record.run_id,
+                         record.monotone, record.points, record.created_at])
+
+        self._transaction(write)
+
+    def calibrations(self, task: str | None = None) -> pd.DataFrame:
+        """Stored calibrations (empty for a store older than the table)."""
+        if not self.exists() or "calibrations" not in self._tables():
+            return pd.DataFrame(columns=["calibration_id", "task", "method", "params", "target", "scale", "run_id", "monotone", "points", "created_at"])
+        where, params = ("WHERE task = ?", [task]) if task else ("", [])
+        return self.query(f"SELECT * FROM calibrations {where} ORDER BY created_at", params)
+
+    def _tables(self) -> set[str]:
+        con = self._connect(read_only=True)
+        try:
+            return {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        finally:
+            con.close()
+
     @staticmethod
     def _insert(con: duckdb.DuckDBPyConnection, r: RunRecord) -> None:
         con.execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), to_timestamp(?), ?, ?, ?)",
+            "INSERT INTO runs (run_id, task, task_version, method, params, profile, seed, samples, steps, sweep_id, config, git_commit, "
+            "packages, timings, started_at, finished_at, wall_seconds, status, artifacts_dir, protocol, variance, digests) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), to_timestamp(?), ?, ?, ?, ?, ?, ?)",
             [r.run_id, r.task, r.task_version, r.method, json.dumps(r.params, sort_keys=True), r.profile, r.seed, r.samples, r.steps,
              r.sweep_id, json.dumps(r.config, sort_keys=True), r.git_commit, json.dumps(r.packages, sort_keys=True),
-             json.dumps(r.timings), r.started_at, r.finished_at, r.finished_at - r.started_at, r.status, r.artifacts_dir],
+             json.dumps(r.timings), r.started_at, r.finished_at, r.finished_at - r.started_at, r.status, r.artifacts_dir,
+             r.protocol, r.variance, json.dumps(r.digests, sort_keys=True)],
         )
         if r.metrics:
-            con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
-                            [[r.run_id, m["name"], m["value"], m["higher_is_better"], m["samples"]] for m in r.metrics])
+            con.executemany("INSERT INTO metrics (run_id, name, value, higher_is_better, samples, low, high, interval) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            [[r.run_id, m["name"], m["value"], m["higher_is_better"], m["samples"], _finite(m.get("low")), _finite(m.get("high")),
+                              m.get("interval", "none")] for m in r.metrics])
         rows = [
             [r.run_id, name, i, int(s["t"][i]), *(float(s[q][i]) for q in ("mean", "q05", "q25", "q50", "q75", "q95"))]
             for name, s in r.traces.items() for i in range(len(s["t"]))
@@ -220,23 +302,29 @@ class Store:
 
     def runs(self, task: str | None = None) -> pd.DataFrame:
         where, params = ("WHERE task = ?", [task]) if task else ("", [])
-        return self.query(f"SELECT * FROM runs {where} ORDER BY finished_at", params)
+        return _with_columns(self.query(f"SELECT * FROM runs {where} ORDER BY finished_at", params), ("protocol", "variance", "digests"))
 
     def metrics(self, run_ids: list[str] | None = None) -> pd.DataFrame:
         if run_ids is not None and not run_ids:
-            return self.query("SELECT * FROM metrics WHERE false")
-        if run_ids is None:
-            return self.query("SELECT * FROM metrics")
-        marks = ", ".join("?" for _ in run_ids)
-        return self.query(f"SELECT * FROM metrics WHERE run_id IN ({marks})", list(run_ids))
+            found = self.query("SELECT * FROM metrics WHERE false")
+        elif run_ids is None:
+            found = self.query("SELECT * FROM metrics")
+        else:
+            marks = ", ".join("?" for _ in run_ids)
+            found = self.query(f"SELECT * FROM metrics WHERE run_id IN ({marks})", list(run_ids))
+        return _with_columns(_with_columns(found, ("low", "high"), float("nan")), ("interval",))
 
-    def wide(self, task: str | None = None) -> pd.DataFrame:
-        """One row per run with a column per metric, newest last."""
+    def wide(self, task: str | None = None, intervals: bool = False) -> pd.DataFrame:
+        """One row per run with a column per metric (and `<metric>__low`, `<metric>__high`), newest last."""
         runs = self.runs(task)
         if runs.empty:
             return runs
-        values = self.metrics(list(runs.run_id)).pivot_table(index="run_id", columns="name", values="value")
-        return runs.merge(values, left_on="run_id", right_index=True, how="left")
+        long = self.metrics(list(runs.run_id))
+        columns = {"value": ""} | ({"low": "__low", "high": "__high"} if intervals else {})
+        for column, suffix in columns.items():
+            values = long.pivot_table(index="run_id", columns="name", values=column, dropna=False).add_suffix(suffix)
+            runs = runs.merge(values, left_on="run_id", right_index=True, how="left")
+        return runs
 
     def traces(self, run_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM traces WHERE run_id = ? ORDER BY name, row_index", [run_id])
@@ -247,17 +335,23 @@ class Store:
     def info(self, table: str, name: str) -> dict:
         """The stored description of a task or method ({} when absent, or in a store older than the table)."""
         key = CATALOG[table]
-        if not self.exists():
+        if not self.exists() or table not in self._tables():
             return {}
-        con = self._connect(read_only=True)
-        try:
-            tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-            if table not in tables:
-                return {}
-            row = con.execute(f"SELECT info FROM {table} WHERE {key} = ?", [name]).fetchone()
-        finally:
-            con.close()
-        return json.loads(row[0]) if row else {}
+        rows = self.query(f"SELECT info FROM {table} WHERE {key} = ?", [name])
+        return json.loads(rows.iloc[0, 0]) if not rows.empty else {}
+
+
+def _with_columns(frame: pd.DataFrame, columns: tuple[str, ...], fill: object = None) -> pd.DataFrame:
+    """Columns a store older than them lacks, filled with nulls."""
+    for column in columns:
+        if column not in frame:
+            frame[column] = fill
+    return frame
+
+
+def _finite(value: float | None) -> float | None:
+    """NaN (no interval) is stored as NULL."""
+    return None if value is None or value != value else float(value)
 
 
 def _first_line(exc: BaseException) -> str:

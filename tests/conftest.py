@@ -36,10 +36,10 @@ def labels_of(task_name: str, x) -> np.ndarray:
     return runtime_for(task, pick_device(task)).judge(x, {}, ()).records["label"]
 
 
-def run_json(capsys, *args: str) -> dict:
-    """`bench run ... --json` in-process; the parsed JSON object."""
+def run_json(capsys, *args: str, baseline: bool = False) -> dict:
+    """`bench run ... --json` in-process (without the unguided baseline unless asked); the parsed JSON object."""
     capsys.readouterr()
-    code = bench_main(["run", *args, "--json", "--no-progress"])
+    code = bench_main(["run", *args, "--json", "--no-progress", *([] if baseline else ["--no-baseline"])])
     out = capsys.readouterr().out
     assert code == 0, out
     return json.loads(out)

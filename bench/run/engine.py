@@ -21,6 +21,7 @@ from negguide.bench.run.executors import Executor, InProcessExecutor
 from negguide.bench.run.plan import ResolvedRun, ShardJob
 from negguide.bench.run.progress import ProgressBar
 from negguide.bench.run.shards import load_shard, pick_device, runtime_for
+from negguide.bench.tasks.spec import judge
 from negguide.methods.errors import BenchError
 from negguide.methods.registry import method_class, parameter_table
 from negguide.results.artifacts import (
@@ -129,7 +130,7 @@ def _finish(run: _Pending, store: Store, sampling_seconds: float, device: str | 
     traces = {k.removeprefix("trace__"): np.concatenate([s[k] for s in shards], axis=1) for k in trace_names}
     trace_t = shards[0]["trace_t"]
     eval_started = time.time()
-    judgement = runtime.judge(x, traces, resolved.metrics)
+    judgement = judge(runtime, x, traces, resolved.metrics)
     eval_seconds = time.time() - eval_started
     artifact = runtime.to_artifact(x)
     write_npz_atomic(run_dir / "samples.npz", x=artifact)
@@ -149,6 +150,7 @@ def _finish(run: _Pending, store: Store, sampling_seconds: float, device: str | 
         steps=resolved.steps, config=resolved.config, git_commit=git_commit(), packages=package_versions(), timings=timings,
         started_at=run.started, finished_at=finished, artifacts_dir=str(run_dir), metrics=[m.as_dict() for m in judgement.metrics],
         traces=summarise_traces(trace_t, traces), class_counts=counts, sweep_id=resolved.sweep_id,
+        protocol=resolved.protocol, variance=resolved.variance, digests=resolved.task.digests(),
         task_info=_task_info(resolved), method_info=_method_info(resolved),
     )
     store.write_run(record)
@@ -160,7 +162,8 @@ def _finish(run: _Pending, store: Store, sampling_seconds: float, device: str | 
 def _task_info(resolved: ResolvedRun) -> dict:
     task = resolved.task
     return {"version": task.version, "family": task.family, "description": task.description, "removed": task.removed,
-            "n_classes": task.n_classes, "metrics": list(task.metrics), "details": task.details(), **task.headline()}
+            "n_classes": task.n_classes, "metrics": list(task.metrics), "details": task.details(), **task.headline(),
+            "protocols": {name: protocol.describe(task.metrics) for name, protocol in task.protocols.items()}}
 
 
 def _method_info(resolved: ResolvedRun) -> dict:
@@ -177,6 +180,11 @@ def summarise_traces(trace_t: np.ndarray, traces: dict[str, np.ndarray]) -> dict
         summary[name] = {"t": trace_t.tolist(), "mean": values.mean(1).tolist(),
                          **{q: np.quantile(values, level, axis=1).tolist() for q, level in QUANTILES.items()}}
     return summary
+
+
+def _number(value: object) -> float | None:
+    """A float for JSON; None where there is no interval."""
+    return None if value is None or value != value else float(value)
 
 
 def stored_result(store: Store, run_id: str) -> dict:
@@ -197,7 +205,11 @@ def stored_result(store: Store, run_id: str) -> dict:
         "samples": int(run.samples),
         "steps": int(run.steps),
         "seed": int(run.seed),
+        "protocol": run.protocol if isinstance(run.protocol, str) else None,
+        "variance": run.variance if isinstance(run.variance, str) else "beta_tilde",
         "metrics": {r.name: r.value for r in metrics.itertuples()},
+        "intervals": {r.name: [_number(r.low), _number(r.high)] for r in metrics.itertuples()},
+        "interval_methods": {r.name: r.interval for r in metrics.itertuples() if isinstance(r.interval, str)},
         "metric_samples": {r.name: int(r.samples) for r in metrics.itertuples()},
         "artifacts_dir": run.artifacts_dir,
         "timings": timings,

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from negguide.bench.tasks import Task, TaskOptions, get_task
+from negguide.bench.tasks.spec import VARIANCES
 from negguide.methods.errors import BenchError
 from negguide.methods.registry import MethodSpec
 
 
 @dataclass(frozen=True)
 class RunRequest:
-    """What a user asks for; None means the task profile's default."""
+    """What a user asks for; None means the protocol's value (the task's default protocol unless named)."""
 
     task: str
     method: str
@@ -27,8 +28,9 @@ class RunRequest:
     samples: int | None = None
     steps: int | None = None
     batch_size: int | None = None
-    seed: int = 0
-    profile: str | None = None
+    seed: int | None = None
+    protocol: str | None = None
+    variance: str | None = None  # sampler noise variance: beta_tilde or beta
     sweep_id: str | None = None
     prompts: Path | None = None  # text-to-image prompt file (None: $BENCH_PROMPTS or the shipped scenes)
 
@@ -39,17 +41,22 @@ class ResolvedRun:
 
     task: Task
     method: MethodSpec
-    profile: str
+    profile: str  # the protocol the defaults came from
     samples: int
     steps: int
     batch_size: int
     seed: int
+    variance: str = "beta_tilde"
     sweep_id: str | None = None
 
     @property
     def config(self) -> dict:
-        """The fully resolved config: the run id hashes exactly this."""
-        return {
+        """The fully resolved config: the run id hashes exactly this.
+
+        The sampler variance appears only when it is not beta_tilde, so runs stored before it was
+        an option keep their ids."""
+        variance = {} if self.variance == "beta_tilde" else {"sampler_variance": self.variance}
+        return {**variance,
             "task": self.task.name,
             "task_version": self.task.version,
             "method": self.method.name,
@@ -69,11 +76,16 @@ class ResolvedRun:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return self.task.profile(self.profile).metrics or self.task.metrics
+        return self.task.protocol(self.profile).metrics or self.task.metrics
+
+    @property
+    def protocol(self) -> str | None:
+        """The protocol this run satisfies, or None: an exploratory run."""
+        return self.task.satisfied_protocol(self.samples, self.steps, self.seed, self.variance, self.metrics)
 
     def shard_jobs(self, shard_dir: Path) -> list[ShardJob]:
         """One job per contiguous range of sample ids, saved under `shard_dir`."""
-        return [ShardJob(self.task, self.method, self.steps, self.seed, start, min(start + self.batch_size, self.samples),
+        return [ShardJob(self.task, self.method, self.steps, self.seed, self.variance, start, min(start + self.batch_size, self.samples),
                          shard_dir / f"{start:09d}-{min(start + self.batch_size, self.samples):09d}.npz")
                 for start in range(0, self.samples, self.batch_size)]
 
@@ -86,6 +98,7 @@ class ShardJob:
     method: MethodSpec
     steps: int
     seed: int
+    variance: str
     start: int
     stop: int
     path: Path
@@ -98,24 +111,28 @@ class ShardJob:
 def resolve(request: RunRequest) -> ResolvedRun:
     """Validate a request completely before anything runs or is written."""
     task = get_task(request.task, TaskOptions(request.prompts))
-    profile = task.profile(request.profile)
-    task.preflight(profile.metrics or task.metrics)
+    protocol = task.protocol(request.protocol)
+    task.preflight(protocol.metrics or task.metrics)
     method = MethodSpec.of(request.method, request.params)
     needs = _method_needs(method)
     missing = set(needs) - set(task.predictions)
     if missing:
         raise BenchError(f"method {method.name!r} needs predictions {sorted(missing)} that task {task.name!r} does not provide "
                          f"(it provides {', '.join(task.predictions)}); pick another task or method")
-    samples = profile.samples if request.samples is None else request.samples
-    steps = profile.steps if request.steps is None else request.steps
-    batch_size = profile.batch_size if request.batch_size is None else request.batch_size
+    samples = protocol.samples if request.samples is None else request.samples
+    steps = protocol.steps if request.steps is None else request.steps
+    batch_size = protocol.batch_size if request.batch_size is None else request.batch_size
+    seed = protocol.seed if request.seed is None else request.seed
+    variance = protocol.variance if request.variance is None else request.variance
+    if variance not in VARIANCES:
+        raise BenchError(f"--variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
     if samples <= 0:
         raise BenchError(f"--samples must be a positive integer, got {samples}")
     if not 1 <= steps <= task.schedule.T:
         raise BenchError(f"--steps must be between 1 and T={task.schedule.T}, got {steps}")
     if batch_size <= 0:
         raise BenchError(f"--batch-size must be a positive integer, got {batch_size}")
-    return ResolvedRun(task, method, request.profile or task.default_profile, samples, steps, min(batch_size, samples), request.seed, request.sweep_id)
+    return ResolvedRun(task, method, request.protocol or task.default_protocol, samples, steps, min(batch_size, samples), seed, variance, request.sweep_id)
 
 
 def _method_needs(method: MethodSpec) -> tuple[str, ...]:

@@ -58,7 +58,7 @@ def draw_shard(job: ShardJob, device: torch.device, on_step: Callable[[int], Non
     callback = (lambda info: on_step(job.size)) if on_step else None
     with intra_op_threads(job.task.intra_op_threads), torch.inference_mode():
         x, traces = sample(job.method.build(), runtime.condition(ids), job.task.schedule.steps(job.steps), job.seed, job.task.shape,
-                           dtype=runtime.dtype, device=runtime.device, callback=callback)
+                           dtype=runtime.dtype, device=runtime.device, callback=callback, variance=job.variance)
         arrays = {f"trace__{k}": v for k, v in traces.arrays().items()}
         return {"x": x.cpu().numpy(), "trace_t": np.asarray(traces.steps), "start": np.asarray(job.start), "stop": np.asarray(job.stop), **arrays}
 

@@ -16,7 +16,7 @@ from negguide.bench.tasks.spec import (
     Conditioning,
     Denoiser,
     Judgement,
-    Profile,
+    RunProtocol,
     Task,
     TaskRuntime,
 )
@@ -66,4 +66,4 @@ def all_tasks(options: TaskOptions = TaskOptions()) -> dict[str, Task]:
     return catalog(options).all()
 
 
-__all__ = ["Conditioning", "Denoiser", "Judgement", "Profile", "Task", "TaskOptions", "TaskRuntime", "all_tasks", "catalog", "get_task"]
+__all__ = ["Conditioning", "Denoiser", "Judgement", "RunProtocol", "Task", "TaskOptions", "TaskRuntime", "all_tasks", "catalog", "get_task"]

@@ -2,7 +2,7 @@
 
 Two networks: google/ddpm-cifar10-32 (unconditional) and a copy fine-tuned on the removed class only;
 the aaraki ViT judges. Nothing of this ships with the project: see docs/cifar10.md for how to provide it.
-Profiles: `ci` (a smoke test of the whole path: no Inception FID, so no reference features), `quick`
+Protocols: `ci` (a smoke test of the whole path: no Inception FID, so no reference features), `quick`
 (256 samples, 100 steps; FID on 256 samples is biased, its sample count is stored beside it) and `paper`.
 """
 from __future__ import annotations
@@ -14,21 +14,24 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task, class_removal
+from negguide.bench.tasks.digests import folder_digest, json_digest
+from negguide.bench.tasks.spec import Conditioning, Records, RunProtocol, Task, Traces, class_removal
 from negguide.datasets import cifar10
 from negguide.methods.errors import BenchError
-from negguide.metrics.base import metric
-from negguide.metrics.classes import forbidden_rate, kl_classes
+from negguide.metrics.classes import kl_classes
+from negguide.metrics.frechet import frechet_statistic
+from negguide.metrics.intervals import Statistic
 
 VERSION = "1"
 N_CLASSES = len(cifar10.CLASSES)
 REMOVABLE = range(5)  # airplane .. deer: the paper's Fig. 4 removes several of these
 METRICS = ("forbidden_rate", "kl_classes", "fid", "fid_all")
 FID_METRICS = ("fid", "fid_all")
-PROFILES = {
-    "ci": Profile(samples=8, steps=3, batch_size=8, metrics=("forbidden_rate", "kl_classes")),
-    "quick": Profile(samples=256, steps=100, batch_size=128),
-    "paper": Profile(samples=10_240, steps=1000, batch_size=512),
+PROTOCOLS = {
+    "ci": RunProtocol(samples=8, steps=3, batch_size=8, metrics=("forbidden_rate", "kl_classes")),
+    "quick": RunProtocol(samples=256, steps=100, batch_size=128),
+    "standard": RunProtocol(samples=2048, steps=100, batch_size=256),
+    "paper": RunProtocol(samples=10_240, steps=1000, batch_size=512, variance="beta"),
 }
 DNG_PAPER_PARAMS = {"prior": 0.01, "tau": 0.2, "delta": 2e-4, "p_max": 0.8}  # Table 1; p_max from the reference README
 PAPER_SCALES = {"dng": 5.0, "np": 0.5, "sld": 0.5}  # Appendix D.2: "around 5" and "around 0.5"
@@ -69,23 +72,28 @@ class Cifar10Runtime:
     def condition(self, ids: np.ndarray) -> Conditioning:
         return Conditioning(self.denoiser, np.asarray(ids, dtype=np.int64))
 
-    def judge(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> Judgement:
-        n = len(x)
-        generated = self.to_artifact(x)  # the judge and FID see the saved uint8 images
+    def records(self, x: torch.Tensor, wanted: tuple[str, ...]) -> Records:
+        """The judge's label and confidence of each saved (uint8) image, and Inception features when FID is wanted."""
+        generated = self.to_artifact(x)
         probabilities = self.judge_model.probabilities(generated)
-        labels = probabilities.argmax(1)
-        values = [metric("forbidden_rate", forbidden_rate(labels, self.removed), n),
-                  metric("kl_classes", kl_classes(labels, self.removed, N_CLASSES), n)]
+        found = {"label": probabilities.argmax(1).astype(np.int64), "confidence": probabilities.max(1)}
         if set(wanted) & set(FID_METRICS):
-            from negguide.metrics.fid import inception_fid
+            from negguide.metrics.fid import inception_features
+
+            found["inception"] = inception_features(generated)
+        return found
+
+    def statistics(self, records: Records, traces: Traces, wanted: tuple[str, ...]) -> list[Statistic]:
+        labels = records["label"]
+        found = [Statistic.share("forbidden_rate", labels == self.removed),
+                 Statistic("kl_classes", len(labels), lambda i: kl_classes(labels[i], self.removed, N_CLASSES))]
+        if "inception" in records:
+            from negguide.metrics.fid import reference_stats
 
             real, real_labels = cifar10.load_cifar10_train(cifar10.data_root())
-            if "fid" in wanted:
-                values.append(metric("fid", inception_fid(generated, real[real_labels != self.removed]), n))
-            if "fid_all" in wanted:
-                values.append(metric("fid_all", inception_fid(generated, real), n))
-        records = {"label": labels.astype(np.int64), "confidence": probabilities.max(1)}
-        return Judgement([v for v in values if v.name in wanted], records)
+            references = {"fid": real[real_labels != self.removed], "fid_all": real}
+            found += [frechet_statistic(name, records["inception"], reference_stats(images)) for name, images in references.items() if name in wanted]
+        return found
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:
         """[-1, 1] float N x 3 x 32 x 32 -> uint8 (what the judge and FID see)."""
@@ -105,6 +113,14 @@ def _resources(removed: int) -> tuple:
     return tuple(_fingerprint(s) for s in (cifar10.ddpm_source(), cifar10.forget_source(removed), cifar10.classifier_source()))
 
 
+def _digests(removed: int) -> dict:
+    """The judge's files (or its Hub id) and the CIFAR-10 training files the FID reference comes from."""
+    judge = cifar10.classifier_source()
+    data = Path(cifar10.data_root()) / cifar10.CIFAR_FOLDER
+    return {"judge": folder_digest(Path(judge.location)) if judge.local else json_digest(judge.location),
+            "reference": f"{folder_digest(data, 'data_batch_*')}-without-{removed}"}
+
+
 def _details(removed: int) -> dict:
     return {"n_classes": N_CLASSES, "classes": list(cifar10.CLASSES), "removed_class": cifar10.CLASSES[removed],
             "ddpm": cifar10.ddpm_source().where(), "forget": cifar10.forget_source(removed).where(),
@@ -117,7 +133,7 @@ def _cifar10_task(removed: int) -> Task:
     description = (f"CIFAR-10: remove class {removed} ({name}) from {cifar10.DDPM_ID} with a to-forget DDPM fine-tuned on {name}s; "
                    "ViT judge (needs downloaded weights)")
     return class_removal("cifar10", removed, Cifar10Runtime, version=VERSION, description=description, shape=(3, 32, 32), n_classes=N_CLASSES,
-                         metrics=METRICS, profiles=PROFILES, details=partial(_details, removed), resources=partial(_resources, removed),
+                         metrics=METRICS, protocols=PROTOCOLS, digests=partial(_digests, removed), details=partial(_details, removed), resources=partial(_resources, removed),
                          preflight=partial(preflight, removed))
 
 

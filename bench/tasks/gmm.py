@@ -7,7 +7,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task, class_removal
+from negguide.bench.tasks.digests import json_digest
+from negguide.bench.tasks.spec import Conditioning, Records, RunProtocol, Task, Traces, class_removal
 from negguide.datasets.gmm import (
     GMM1D,
     GMM2D,
@@ -15,12 +16,16 @@ from negguide.datasets.gmm import (
     GaussianMixture,
     RemovalProblem,
 )
-from negguide.metrics.base import metric
-from negguide.metrics.classes import forbidden_rate, kl_classes
+from negguide.metrics.classes import kl_classes
 from negguide.metrics.distances import wasserstein_to_mixture
+from negguide.metrics.intervals import RESAMPLES_COSTLY, Statistic
 
 VERSION = "1"
-PROFILES = {"quick": Profile(samples=4096, steps=1000, batch_size=4096), "paper": Profile(samples=100_000, steps=1000, batch_size=10_000)}
+PROTOCOLS = {
+    "quick": RunProtocol(samples=4096, steps=1000, batch_size=4096),
+    "standard": RunProtocol(samples=16_384, steps=1000, batch_size=4096),
+    "paper": RunProtocol(samples=100_000, steps=1000, batch_size=10_000, variance="beta"),
+}
 
 
 class GMMRuntime:
@@ -35,19 +40,23 @@ class GMMRuntime:
     def condition(self, ids: np.ndarray) -> Conditioning:
         return Conditioning(self.denoiser, np.asarray(ids, dtype=np.int64), exact_trace=self.denoiser.exact_posterior)
 
-    def judge(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> Judgement:
-        n = len(x)
-        modes = self.problem.mixture.assign(x).cpu().numpy()
-        removed = self.problem.removed
+    def records(self, x: torch.Tensor, wanted: tuple[str, ...]) -> Records:
+        """Each sample's mode (the exact judge) and the sample itself (for distances)."""
+        return {"label": self.problem.mixture.assign(x).cpu().numpy().astype(np.int64), "x": x.cpu().numpy().reshape(len(x), -1)}
+
+    def statistics(self, records: Records, traces: Traces, wanted: tuple[str, ...]) -> list[Statistic]:
+        modes, points = records["label"], records["x"]
+        removed, n_modes = self.problem.removed, len(self.problem.mixture.weights)
         kept_weights = np.asarray(self.problem.remember.weights)
-        values = [
-            metric("forbidden_rate", forbidden_rate(modes, removed), n),
-            metric("kl_classes", kl_classes(modes, removed, len(self.problem.mixture.weights), kept_weights), n),
-            metric("wasserstein", wasserstein_to_mixture(x.cpu().numpy(), self.problem.remember), n),
+        found = [
+            Statistic.share("forbidden_rate", modes == removed),
+            Statistic("kl_classes", len(modes), lambda i: kl_classes(modes[i], removed, n_modes, kept_weights)),
+            Statistic("wasserstein", len(points), lambda i: wasserstein_to_mixture(points[i], self.problem.remember), resamples=RESAMPLES_COSTLY),
         ]
         if "posterior" in traces and "posterior_exact" in traces:
-            values.append(metric("posterior_mae", float(np.mean(np.abs(traces["posterior"] - traces["posterior_exact"]))), n))
-        return Judgement([v for v in values if v.name in wanted], {"label": modes.astype(np.int64)})
+            tracked, exact = traces["posterior"], traces["posterior_exact"]
+            found.append(Statistic("posterior_mae", tracked.shape[1], lambda i: float(np.mean(np.abs(tracked[:, i] - exact[:, i])))))
+        return found
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:
         return x.cpu().numpy()
@@ -55,6 +64,12 @@ class GMMRuntime:
 
 def _details(mixture: GaussianMixture) -> dict:
     return mixture.as_dict()
+
+
+def _digests(mixture: GaussianMixture, removed: int) -> dict:
+    """The judge is the exact mode assignment and the reference the exact mixture: both are its definition."""
+    definition = json_digest({**mixture.as_dict(), "removed": removed})
+    return {"judge": definition, "reference": definition}
 
 
 def _gmm_task(prefix: str, mixture: GaussianMixture, removed: int, description: str) -> Task:
@@ -65,7 +80,8 @@ def _gmm_task(prefix: str, mixture: GaussianMixture, removed: int, description: 
         shape=(mixture.dim,),
         n_classes=len(mixture.weights),
         metrics=("forbidden_rate", "kl_classes", "wasserstein", "posterior_mae"),
-        profiles=PROFILES,
+        protocols=PROTOCOLS,
+        digests=partial(_digests, mixture, removed),
         details=partial(_details, mixture),
         quality_metric="wasserstein",
         predictions=("uncond", "neg", "remember", "posterior_logit"),

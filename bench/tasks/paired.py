@@ -22,7 +22,7 @@ import torch
 from negguide.methods.base import Predictions, per_sample
 from negguide.methods.errors import BenchError
 from negguide.methods.schedule import Step
-from negguide.metrics.base import MetricValue, metric
+from negguide.metrics.intervals import Statistic
 
 ARMS = ("reference", "related", "unrelated")
 REFERENCE, RELATED, UNRELATED = 0, 1, 2
@@ -89,17 +89,10 @@ class PairedRows:
         return preds["null"] + guidance * (eps - preds["null"])
 
 
-def arm_trace_means(traces: dict[str, np.ndarray], layout: PairedLayout, n: int, name: str = "guidance_scale") -> dict[int, float]:
-    """Mean of a traced per-sample quantity over steps and the samples of each arm."""
-    if name not in traces:
-        return {}
-    values = traces[name][:, :n]
-    arms = layout.arm(np.arange(values.shape[1]))
-    return {arm: float(values[:, arms == arm].mean()) for arm in (RELATED, UNRELATED) if (arms == arm).any()}
-
-
-def guidance_metrics(traces: dict[str, np.ndarray], layout: PairedLayout, n: int, samples: int) -> list[MetricValue]:
-    """guidance_related / guidance_unrelated from the sampler's traces."""
-    means = arm_trace_means(traces, layout, n)
-    names = {RELATED: "guidance_related", UNRELATED: "guidance_unrelated"}
-    return [metric(names[arm], value, samples) for arm, value in means.items()]
+def guidance_statistics(traces: dict[str, np.ndarray], triples: np.ndarray) -> list[Statistic]:
+    """guidance_related / guidance_unrelated: the traced guidance scale, averaged over steps and the arm's samples."""
+    if "guidance_scale" not in traces:
+        return []
+    scale = traces["guidance_scale"]
+    return [Statistic(name, len(triples), lambda i, rows=triples[:, arm]: float(scale[:, rows[i]].mean()))
+            for name, arm in (("guidance_related", RELATED), ("guidance_unrelated", UNRELATED))]

@@ -1,9 +1,11 @@
 """The task contract: a task *spec* that is data, and the *runtime* protocol the engine uses.
 
-The spec names what a task is (shape, predictions, metrics, profiles, headline, classes) and how to
+The spec names what a task is (shape, predictions, metrics, protocols, headline, classes) and how to
 load its runtime on a device. The runtime declares everything the engine calls: the denoiser's
-device and dtype, the conditioning of a batch of sample ids, and a judge that returns the metrics
-and the per-sample records once. Nothing else is probed.
+device and dtype, the conditioning of a batch of sample ids, and a judge in two parts: `records`
+(per-sample labels, confidences, features: computed once, stored beside the samples) and
+`statistics` (every metric as a function of those records and the traces, so intervals and paired
+comparisons resample them without judging again). Nothing else is probed.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import torch
 from negguide.methods.base import Predictions
 from negguide.methods.errors import BenchError, did_you_mean
 from negguide.methods.schedule import Schedule, Step
-from negguide.metrics.base import MetricValue
+from negguide.metrics.base import MetricValue, measure
+from negguide.metrics.intervals import Statistic
 
 
 class Denoiser(Protocol):
@@ -42,16 +45,20 @@ class Conditioning:
     exact_trace: Callable[[torch.Tensor, Step], dict[str, torch.Tensor]] | None = None
 
 
+Records = dict[str, np.ndarray]  # per-sample arrays in sample-id order ("label", "confidence", "features", ...)
+Traces = dict[str, np.ndarray]  # name -> [recorded steps, samples]
+
+
 @dataclass(frozen=True)
 class Judgement:
-    """A judge's verdict on all samples of a run, in sample-id order.
+    """A judge's verdict on all samples of a run: metrics with intervals, and the records behind them.
 
     `records` are per-sample arrays: `label` (the judged class or mode, int64), and where the judge
     has them `confidence` (its probability of that label) and `features` ([N, D], its feature space).
     """
 
     metrics: list[MetricValue]
-    records: dict[str, np.ndarray] = field(default_factory=dict)
+    records: Records = field(default_factory=dict)
 
 
 class TaskRuntime(Protocol):
@@ -62,19 +69,41 @@ class TaskRuntime(Protocol):
 
     def condition(self, ids: np.ndarray) -> Conditioning: ...
 
-    def judge(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> Judgement: ...
+    def records(self, x: torch.Tensor, wanted: tuple[str, ...]) -> Records: ...
+
+    def statistics(self, records: Records, traces: Traces, wanted: tuple[str, ...]) -> list[Statistic]: ...
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray: ...
 
 
+def judge(runtime: TaskRuntime, x: torch.Tensor, traces: Traces, wanted: tuple[str, ...]) -> Judgement:
+    """Judge all samples once, then every wanted metric from the records, each with its 95% interval."""
+    records = runtime.records(x, wanted)
+    return Judgement([measure(s) for s in runtime.statistics(records, traces, wanted) if s.name in wanted], records)
+
+
+VARIANCES = ("beta_tilde", "beta")
+
+
 @dataclass(frozen=True)
-class Profile:
-    """How much work a run does by default: sample count, respaced steps, batch size."""
+class RunProtocol:
+    """A named way of running a task: sample count, respaced steps, seed, sampler noise variance.
+
+    A run satisfies a protocol when all four match (and its metrics include the protocol's); any
+    other run is exploratory. The sampler adds noise of variance beta_tilde (the DDPM posterior
+    variance) or beta (the paper's Algorithm 1 and the reference code). `batch_size` only splits
+    the work into shards and never changes a number.
+    """
 
     samples: int
     steps: int
     batch_size: int
+    seed: int = 0
+    variance: str = "beta_tilde"
     metrics: tuple[str, ...] | None = None  # None: every metric of the task
+
+    def describe(self, task_metrics: tuple[str, ...]) -> dict:
+        return {**vars(self), "metrics": list(self.metrics or task_metrics)}
 
 
 def nothing() -> dict:
@@ -102,11 +131,11 @@ class Task:
     removed: int
     n_classes: int  # classes (or modes) the judge tells apart; 0 when it gives no labels
     metrics: tuple[str, ...]
-    profiles: dict[str, Profile]
+    protocols: dict[str, RunProtocol]
     load: Callable[[torch.device], TaskRuntime]
     details: Callable[[], dict] = nothing
     schedule: Schedule = Schedule()
-    default_profile: str = "quick"
+    default_protocol: str = "quick"
     predictions: tuple[str, ...] = ("uncond", "neg")  # what a method may ask the denoiser for
     resources: Callable[[], tuple] = no_resources  # model files: a change reloads the runtime
     preflight: Callable[[tuple[str, ...]], None] = nothing_missing  # BenchError if a model/data file is missing
@@ -115,11 +144,22 @@ class Task:
     intra_op_threads: int | None = None  # torch threads while drawing (tiny tensors: 1 avoids contention)
     default_device: str | None = None  # None: the GPU when there is one, else the CPU
 
-    def profile(self, name: str | None) -> Profile:
-        name = name or self.default_profile
-        if name not in self.profiles:
-            raise BenchError(f"task {self.name!r} has no profile {name!r}{did_you_mean(name, list(self.profiles))}; profiles: {', '.join(self.profiles)}")
-        return self.profiles[name]
+    digests: Callable[[], dict] = nothing  # content digests of the judge and the reference data/statistics
+
+    def protocol(self, name: str | None) -> RunProtocol:
+        name = name or self.default_protocol
+        if name not in self.protocols:
+            raise BenchError(f"task {self.name!r} has no protocol {name!r}{did_you_mean(name, list(self.protocols))}; "
+                             f"protocols: {', '.join(self.protocols)}")
+        return self.protocols[name]
+
+    def satisfied_protocol(self, samples: int, steps: int, seed: int, variance: str, metrics: tuple[str, ...]) -> str | None:
+        """The protocol a run with these settings satisfies, or None (exploratory)."""
+        for name, protocol in self.protocols.items():
+            wanted = protocol.metrics or self.metrics
+            if (protocol.samples, protocol.steps, protocol.seed, protocol.variance) == (samples, steps, seed, variance) and set(wanted) <= set(metrics):
+                return name
+        return None
 
     def headline(self) -> dict:
         return {"quality_metric": self.quality_metric, "safety_threshold": self.safety_threshold}
@@ -134,7 +174,7 @@ class Task:
             "removed": self.removed,
             "n_classes": self.n_classes,
             "metrics": list(self.metrics),
-            "profiles": {k: {**vars(v), "metrics": list(v.metrics or self.metrics)} for k, v in self.profiles.items()},
+            "protocols": {k: v.describe(self.metrics) for k, v in self.protocols.items()},
             "schedule": self.schedule.as_dict(),
             "headline": self.headline(),
             **self.details(),

@@ -24,16 +24,12 @@ import numpy as np
 import torch
 
 import negguide.datasets
-from negguide.bench.tasks.paired import (
-    UNRELATED,
-    PairedLayout,
-    PairedRows,
-    guidance_metrics,
-)
-from negguide.bench.tasks.spec import Conditioning, Judgement, Profile, Task
+from negguide.bench.tasks.digests import json_digest
+from negguide.bench.tasks.paired import UNRELATED, PairedLayout, PairedRows, guidance_statistics
+from negguide.bench.tasks.spec import Conditioning, Records, RunProtocol, Task, Traces
 from negguide.methods.errors import BenchError
 from negguide.methods.schedule import Step
-from negguide.metrics.base import metric
+from negguide.metrics.intervals import Statistic
 
 if TYPE_CHECKING:
     from negguide.bench.tasks import TaskOptions
@@ -127,31 +123,36 @@ class T2IRuntime:
             self._decoded = (x, self.model.decode(x))
         return self._decoded[1]
 
-    def judge(self, x: torch.Tensor, traces: dict[str, np.ndarray], wanted: tuple[str, ...]) -> Judgement:
-        from negguide.metrics.clip import clip_score, load_clip, q_metric, zero_shot
+    def records(self, x: torch.Tensor, wanted: tuple[str, ...]) -> Records:
+        """Per sample of the complete triples: arm, CLIP image embedding, and whether the zero-shot judge sees
+        the triple's related concept (negative prompt vs a neutral text, p > 0.5)."""
+        from negguide.metrics.clip import load_clip, zero_shot
 
-        triples = self.layout.triples(len(x))
-        n = len(triples)
-        if n == 0:
-            return Judgement([])
+        rows = self.layout.triples(len(x)).ravel()
         judge = load_clip()
-        embeddings = judge.image_embeddings(self.images(x)[triples.ravel()]).reshape(n, 3, -1)
-        related, unrelated = clip_score(embeddings[:, 0], embeddings[:, 1]), clip_score(embeddings[:, 0], embeddings[:, 2])
-        prompt = self.layout.prompt(triples[:, 0])
+        embeddings = judge.image_embeddings(self.images(x)[rows]) if len(rows) else torch.zeros(0, 1)
+        prompt = self.layout.prompt(rows)
         concept = judge.text_embeddings([t.related for t in self.triplets])[prompt]
         neutral = judge.text_embeddings([t.neutral for t in self.triplets])[prompt]
-        present_guided = zero_shot(embeddings[:, 1], concept, neutral, judge.logit_scale) > 0.5
-        present_unguided = zero_shot(embeddings[:, 0], concept, neutral, judge.logit_scale) > 0.5
-        values = [
-            metric("clip_related", related.mean(), n),
-            metric("clip_unrelated", unrelated.mean(), n),
-            metric("q", q_metric(unrelated, related), n),
-            metric("forbidden_rate", present_guided.mean(), n),
-            metric("concept_unguided", present_unguided.mean(), n),
-            *guidance_metrics(traces, self.layout, 3 * n, n),
+        present = zero_shot(embeddings, concept, neutral, judge.logit_scale) > 0.5 if len(rows) else np.zeros(0, bool)
+        return {"arm": self.layout.arm(rows), "features": embeddings.numpy(), "concept_present": present}
+
+    def statistics(self, records: Records, traces: Traces, wanted: tuple[str, ...]) -> list[Statistic]:
+        """CLIP scores and Q over triples (the unit that shares its noise); shares by Wilson."""
+        from negguide.metrics.clip import clip_score, q_metric
+
+        n = len(records["arm"]) // 3
+        embeddings = torch.from_numpy(records["features"]).reshape(n, 3, -1)
+        related, unrelated = clip_score(embeddings[:, 0], embeddings[:, 1]), clip_score(embeddings[:, 0], embeddings[:, 2])
+        present = records["concept_present"].reshape(n, 3)
+        return [
+            Statistic.mean("clip_related", related),
+            Statistic.mean("clip_unrelated", unrelated),
+            Statistic("q", n, lambda i: q_metric(unrelated[i], related[i])),
+            Statistic.share("forbidden_rate", present[:, 1]),
+            Statistic.share("concept_unguided", present[:, 0]),
+            *guidance_statistics(traces, self.layout.triples(3 * n)),
         ]
-        records = {"arm": self.layout.arm(np.arange(len(x))), "features": embeddings.reshape(3 * n, -1).numpy()}
-        return Judgement([v for v in values if v.name in wanted], records)
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:
         return self.images(x)
@@ -190,6 +191,11 @@ def _details(spec: str, facts: ModelFacts, path: Path, clip_label: str, triplets
             "triplets": [vars(t) for t in triplets]}
 
 
+def _digests(clip_label: str, version: str) -> dict:
+    """The CLIP judge, and the prompts (the task version digests them with the model and CFG scale)."""
+    return {"judge": json_digest(clip_label), "reference": version}
+
+
 def _resources(spec: str, path: Path, clip_label: str) -> tuple:
     return (spec, str(path), clip_label)
 
@@ -210,8 +216,9 @@ def _t2i_task(name: str, triplets: tuple[Triplet, ...], spec: str, facts: ModelF
         removed=-1,
         n_classes=0,
         metrics=METRICS_T2I,
-        profiles={"quick": Profile(samples=layout.rows(1), steps=50, batch_size=layout.rows(1)),
-                  "paper": Profile(samples=layout.rows(32), steps=1000, batch_size=min(48, layout.rows(32)))},
+        protocols={"quick": RunProtocol(samples=layout.rows(1), steps=50, batch_size=layout.rows(1)),
+                   "paper": RunProtocol(samples=layout.rows(32), steps=1000, batch_size=min(48, layout.rows(32)), variance="beta")},
+        digests=partial(_digests, clip_label, version),
         load=partial(T2IRuntime, triplets),
         details=partial(_details, spec, facts, path, clip_label, triplets),
         schedule=facts.schedule,

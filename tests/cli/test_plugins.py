@@ -46,7 +46,7 @@ def plugins(monkeypatch):
 def test_a_plugin_method_and_task_run_like_built_ins(plugins, db, capsys):
     assert bench_main(["list", "methods"]) == 0 and "halved-np" in capsys.readouterr().out
     assert bench_main(["list", "tasks"]) == 0 and "plugin1d-remove-0" in capsys.readouterr().out
-    code = bench_main(["run", "--method", "halved-np", "--task", "plugin1d-remove-0", "--samples", "32", "--steps", "10", "--json", "--no-progress"])
+    code = bench_main(["run", "--method", "halved-np", "--task", "plugin1d-remove-0", "--samples", "32", "--steps", "10", "--json", "--no-progress", "--no-baseline"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["method"] == "halved-np" and result["task"] == "plugin1d-remove-0"
 

@@ -55,7 +55,7 @@ def reference(tmp_path_factory) -> dict:
 
 def _cli(*args: str) -> dict:
     """`bench run ... --json` in a fresh process; the parsed result."""
-    done = subprocess.run([sys.executable, "-m", "negguide.bench.cli", "run", *args, "--json", "--no-progress"],
+    done = subprocess.run([sys.executable, "-m", "negguide.bench.cli", "run", *args, "--json", "--no-progress", "--no-baseline"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -90,7 +90,7 @@ def test_same_samples_in_process_and_on_one_or_two_workers(cluster, reference, c
 def test_killed_run_resumes_with_the_missing_shards_only(cluster, reference, capsys, tmp_path):
     db = tmp_path / "bench.duckdb"
     shards = tmp_path / "artifacts" / reference["run_id"] / "shards"
-    proc = subprocess.Popen([sys.executable, "-m", "negguide.bench.cli", "run", *CASE, "--db", str(db), "--json", "--no-progress"],
+    proc = subprocess.Popen([sys.executable, "-m", "negguide.bench.cli", "run", *CASE, "--db", str(db), "--json", "--no-progress", "--no-baseline"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not list(shards.glob("*.npz")) and proc.poll() is None and time.monotonic() < deadline:
@@ -167,7 +167,7 @@ def test_truncated_shard_is_recomputed_not_trusted(cluster, reference, capsys, t
 
 def test_two_processes_share_one_database(tmp_path):
     db = tmp_path / "bench.duckdb"
-    procs = [subprocess.Popen([sys.executable, "-m", "negguide.bench.cli", "run", "--method", method, *QUICK, "--db", str(db), "--json", "--no-progress"],
+    procs = [subprocess.Popen([sys.executable, "-m", "negguide.bench.cli", "run", "--method", method, *QUICK, "--db", str(db), "--json", "--no-progress", "--no-baseline"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for method in ("dng", "np")]
     outputs = [proc.communicate(timeout=300) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in outputs]

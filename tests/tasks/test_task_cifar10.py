@@ -97,7 +97,7 @@ def _point_at(monkeypatch, tiny: dict[str, Path], **overrides: Path) -> None:
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:
     capsys.readouterr()
-    code = bench_main(["run", "--method", "dng", *args, "--no-progress"])
+    code = bench_main(["run", "--method", "dng", *args, "--no-progress", "--no-baseline"])
     out, err = capsys.readouterr()
     return code, out, err
 

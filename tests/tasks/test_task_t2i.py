@@ -106,7 +106,7 @@ def t2i_env(tiny_models, monkeypatch, db):
 
 def run(capsys, *args: str) -> dict:
     capsys.readouterr()
-    code = bench_main(["run", *args, "--json", "--no-progress"])
+    code = bench_main(["run", *args, "--json", "--no-progress", "--no-baseline"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return json.loads(captured.out)

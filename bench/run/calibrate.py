@@ -1,0 +1,143 @@
+"""Matched-safety calibration: the smallest guidance scale whose forbidden share is at most a target.
+
+The paper compares methods at equal safety; this finds, per method, the scale where that holds.
+Bracket first (halve or double the scale until the target is crossed), then bisect between the
+largest scale that misses it and the smallest that meets it, until they are within a relative
+tolerance or the run budget is spent. Every point is an ordinary stored run (its id hashes its
+config), so a repeated calibration reuses them. The forbidden share should fall as the scale grows:
+points where a larger scale is significantly less safe (Wilson intervals apart) are reported.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+
+from negguide.bench.run.engine import RunOutcome, run_one
+from negguide.bench.run.executors import Executor
+from negguide.bench.run.plan import RunRequest, resolve
+from negguide.methods.errors import BenchError
+from negguide.methods.registry import method_class
+from negguide.results.store import CalibrationRecord, Store
+
+MAX_RUNS = 12
+TOLERANCE = 0.05  # stop when (meets - misses) / meets is below this
+MAX_DOUBLINGS = 10
+
+
+@dataclass(frozen=True)
+class Point:
+    scale: float
+    run_id: str
+    forbidden: float
+    low: float
+    high: float
+    reused: bool
+
+    def as_dict(self) -> dict:
+        return {"scale": self.scale, "run_id": self.run_id, "forbidden_rate": self.forbidden, "interval": [self.low, self.high], "reused": self.reused}
+
+
+@dataclass
+class Calibration:
+    calibration_id: str
+    request: RunRequest
+    target: float
+    points: list[Point] = field(default_factory=list)
+    chosen: Point | None = None
+
+    @property
+    def violations(self) -> list[tuple[Point, Point]]:
+        """Pairs where the larger scale is significantly less safe (Wilson intervals apart)."""
+        ordered = sorted(self.points, key=lambda p: p.scale)
+        return [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:] if b.low > a.high]
+
+    def as_dict(self) -> dict:
+        return {"calibration_id": self.calibration_id, "task": self.request.task, "method": self.request.method, "target": self.target,
+                "params": self.request.params, "chosen": self.chosen.as_dict() if self.chosen else None,
+                "monotone": not self.violations, "points": [p.as_dict() for p in sorted(self.points, key=lambda p: p.scale)]}
+
+
+def calibration_id(request: RunRequest, target: float) -> str:
+    key = [request.task, request.method, request.params, request.protocol, request.samples, request.steps, request.seed, request.variance, target]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _scale_text(scale: float) -> str:
+    return f"{scale:.6g}"
+
+
+def calibrate(request: RunRequest, target: float, store: Store, executor: Executor | None = None, *, start: float | None = None,
+              max_runs: int = MAX_RUNS, tolerance: float = TOLERANCE, progress: bool = True, device: str | None = None) -> Calibration:
+    """Find the smallest scale meeting the target; store the runs and the calibration."""
+    if not 0.0 <= target < 1.0:
+        raise BenchError(f"--target must be a share in [0, 1), got {target}")
+    if "scale" in request.params:
+        raise BenchError("calibrate chooses the scale: drop --param scale=... (use --start to say where to begin)")
+    cls = method_class(request.method)
+    start = float(start if start is not None else cls.Params().scale)
+    if not start > 0.0:
+        raise BenchError(f"--start must be a positive scale, got {start} (the method's default scale is {cls.Params().scale})")
+    resolve(replace(request, params={**request.params, "scale": _scale_text(start)}))  # every bad input fails before any run
+    found = Calibration(calibration_id(request, target), request, target)
+
+    def evaluate(scale: float) -> Point:
+        if len(found.points) >= max_runs:
+            raise _Budget()
+        point_request = replace(request, params={**request.params, "scale": _scale_text(scale)}, sweep_id=found.calibration_id)
+        outcome: RunOutcome = run_one(resolve(point_request), store, executor, progress=progress, device=device)
+        if "forbidden_rate" not in outcome.result["metrics"]:
+            raise BenchError(f"task {request.task} reports no forbidden_rate: there is no safety to calibrate")
+        low, high = outcome.result["intervals"]["forbidden_rate"]
+        point = Point(float(_scale_text(scale)), outcome.run_id, outcome.result["metrics"]["forbidden_rate"], low, high, outcome.reused)
+        found.points.append(point)
+        return point
+
+    try:
+        _search(evaluate, start, target, tolerance)
+    except _Budget:
+        pass
+    meeting = [p for p in found.points if p.forbidden <= target]
+    found.chosen = min(meeting, key=lambda p: p.scale) if meeting else None
+    if found.chosen is not None:
+        store.write_calibration(CalibrationRecord(
+            found.calibration_id, request.task, request.method, json.dumps(request.params, sort_keys=True), target, found.chosen.scale,
+            found.chosen.run_id, not found.violations, json.dumps(found.as_dict()["points"]), time.time()))
+    return found
+
+
+class _Budget(Exception):
+    """The run budget is spent: keep what was found."""
+
+
+def _search(evaluate, start: float, target: float, tolerance: float) -> None:
+    """Bracket the target between a missing and a meeting scale, then bisect."""
+    first = evaluate(start)
+    if first.forbidden <= target:
+        meets, misses = first.scale, None
+        for _ in range(MAX_DOUBLINGS):  # halve until the target is missed: the smallest scale that meets it lies above
+            point = evaluate(meets / 2.0)
+            if point.forbidden > target:
+                misses = point.scale
+                break
+            meets = point.scale
+        if misses is None:
+            return  # met down to start / 2^k: report the smallest scale tried
+    else:
+        misses, meets = first.scale, None
+        for _ in range(MAX_DOUBLINGS):
+            point = evaluate(misses * 2.0)
+            if point.forbidden <= target:
+                meets = point.scale
+                break
+            misses = point.scale
+        if meets is None:
+            return  # never met: the chosen point stays empty
+    while (meets - misses) / meets > tolerance:
+        middle = (meets + misses) / 2.0
+        point = evaluate(middle)
+        if point.forbidden <= target:
+            meets = point.scale
+        else:
+            misses = point.scale

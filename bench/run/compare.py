@@ -1,0 +1,122 @@
+"""Paired comparison of two stored runs that share their noise (same task, protocol settings and seed).
+
+Both runs' metrics are recomputed as statistics of their stored per-sample records and traces, and
+the same units (samples, or triples) are resampled in both: the interval of the difference is a
+paired bootstrap, far narrower than two independent intervals would suggest.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from negguide.bench.run.shards import pick_device, runtime_for
+from negguide.bench.tasks import get_task
+from negguide.methods.errors import BenchError
+from negguide.metrics.base import METRICS
+from negguide.metrics.intervals import Interval, Statistic, paired_difference
+from negguide.results.artifacts import read_npz
+from negguide.results.store import Store
+
+PAIRING = ("task", "task_version", "samples", "seed", "steps", "variance")  # what two runs must share to share their noise
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    name: str
+    a: float
+    a_interval: Interval
+    b: float
+    b_interval: Interval
+    difference: float  # b - a
+    difference_interval: Interval
+    higher_is_better: bool
+
+    @property
+    def significant(self) -> bool:
+        """The paired 95% interval of the difference excludes 0."""
+        return not (self.difference_interval.low <= 0.0 <= self.difference_interval.high)
+
+    def as_dict(self) -> dict:
+        return {"metric": self.name, "a": self.a, "a_interval": [self.a_interval.low, self.a_interval.high], "b": self.b,
+                "b_interval": [self.b_interval.low, self.b_interval.high], "difference": self.difference,
+                "difference_interval": [self.difference_interval.low, self.difference_interval.high],
+                "interval_method": self.difference_interval.method, "higher_is_better": self.higher_is_better,
+                "significant": self.significant}
+
+
+def _run_row(store: Store, run_id: str) -> dict:
+    rows = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
+    if rows.empty:
+        raise BenchError(f"run {run_id} is not in the store {store.path}; `bench leaderboard` lists the stored runs")
+    row = rows.iloc[0].to_dict()
+    row["variance"] = row.get("variance") if isinstance(row.get("variance"), str) else "beta_tilde"
+    return row
+
+
+def _statistics(row: dict) -> dict[str, Statistic]:
+    """The run's metrics as statistics of its stored records and traces."""
+    folder = Path(row["artifacts_dir"])
+    records, traces = read_npz(folder / "records.npz"), read_npz(folder / "traces.npz")
+    if records is None or traces is None:
+        raise BenchError(f"run {row['run_id']} has no per-sample records in {folder} (stored before they were kept, or deleted); "
+                         "run it again with --force")
+    traces.pop("t", None)
+    task = get_task(row["task"])
+    if task.version != row["task_version"]:
+        raise BenchError(f"run {row['run_id']} was made with {row['task']} version {row['task_version']}, this harness has {task.version}")
+    wanted = tuple(json.loads(row["config"])["metrics"])
+    runtime = runtime_for(task, pick_device(task))
+    return {s.name: s for s in runtime.statistics(records, traces, wanted) if s.name in wanted}
+
+
+def compare_runs(store: Store, run_a: str, run_b: str) -> list[MetricComparison]:
+    """Per metric both values with intervals, and b - a with its paired-bootstrap interval."""
+    a, b = _run_row(store, run_a), _run_row(store, run_b)
+    differing = [key for key in PAIRING if a[key] != b[key]]
+    if differing:
+        raise BenchError(f"runs {run_a} and {run_b} do not share their noise (they differ in {', '.join(differing)}); "
+                         "a paired comparison needs two runs of one task with the same samples, steps, seed and variance")
+    stats_a, stats_b = _statistics(a), _statistics(b)
+    found = []
+    for name in sorted(set(stats_a) & set(stats_b)):
+        difference, interval = paired_difference(stats_a[name], stats_b[name])
+        found.append(MetricComparison(name, stats_a[name].value(), stats_a[name].interval(), stats_b[name].value(), stats_b[name].interval(),
+                                      difference, interval, METRICS[name].higher_is_better))
+    return found
+
+
+def verdict(rows: list[MetricComparison], method: str, quality_metric: str) -> str:
+    """One sentence on what a run changed against the unguided run on the same noise."""
+    by_name = {row.name: row for row in rows}
+    parts = []
+    for name, label in (("forbidden_rate", "the forbidden share"), (quality_metric, quality_metric), ("kl_classes", "the class-histogram KL")):
+        row = by_name.get(name)
+        if row is None or (name == quality_metric and name in ("forbidden_rate", "kl_classes")):
+            continue
+        if not row.significant:
+            parts.append(f"left {label} unchanged within noise ({_fmt(row.a)} -> {_fmt(row.b)})")
+            continue
+        better = (row.difference > 0) == row.higher_is_better
+        parts.append(f"{'improved' if better else 'worsened'} {label} ({_fmt(row.a)} -> {_fmt(row.b)})")
+    if not parts:
+        return f"{method}: nothing to compare."
+    return f"Against unguided sampling on the same noise, {method} " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] + "."
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if np.isfinite(value) else "n/a"
+
+
+def comparison_table(rows: list[MetricComparison], label_a: str, label_b: str) -> str:
+    """The comparison as an aligned text table (b - a with its paired interval; * where it excludes 0)."""
+    header = f"  {'metric':<24} {label_a:<28} {label_b:<28} {'change (paired 95% CI)':<30}"
+    lines = [header]
+    for row in rows:
+        a = f"{_fmt(row.a)} [{_fmt(row.a_interval.low)}, {_fmt(row.a_interval.high)}]"
+        b = f"{_fmt(row.b)} [{_fmt(row.b_interval.low)}, {_fmt(row.b_interval.high)}]"
+        change = f"{row.difference:+.4g} [{_fmt(row.difference_interval.low)}, {_fmt(row.difference_interval.high)}]{' *' if row.significant else ''}"
+        lines.append(f"  {row.name:<24} {a:<28} {b:<28} {change:<30}")
+    return "\n".join(lines)
