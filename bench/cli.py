@@ -211,11 +211,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, sort_keys=True))
         return 0
-    from negguide.bench.run.compare import compare_runs, comparison_table
+    from negguide.bench.run.compare import MetricComparison, comparison_table
 
     _print_result(outcomes[0].result, False, outcomes[0].reused)
     print(f"beside the unguided run {result['baseline']['run_id']} on the same noise (* : the paired 95% interval excludes 0):")
-    print(comparison_table(compare_runs(_store(args), result["baseline"]["run_id"], result["run_id"]), "unguided [95% CI]", "this run [95% CI]"))
+    rows = [MetricComparison.from_dict(row) for row in result["baseline"]["comparison"]]
+    print(comparison_table(rows, "unguided [95% CI]", "this run [95% CI]"))
     print(result["baseline"]["summary"])
     return 0
 

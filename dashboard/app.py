@@ -18,6 +18,7 @@ import streamlit as st
 
 from negguide.dashboard import data, plots
 from negguide.results.artifacts import image_grid_png
+from negguide.results.leaderboard import DEFAULT_TARGET, matched_safety_table
 from negguide.results.store import Store
 
 PAGES = ("Leaderboard", "Curves", "Run detail", "Compare")
@@ -105,7 +106,7 @@ def _state_from_url(tasks: list[str]) -> None:
 
 
 def sidebar(board: pd.DataFrame, db: str) -> tuple[str, str, list[str], list[str]]:
-    """Page, task and filters chosen in the sidebar."""
+    """Page, task and filters chosen in the sidebar (protocol runs first; exploratory ones on request)."""
     tasks = sorted(board.task.unique())
     _state_from_url(tasks)
     st.sidebar.title("Negative guidance")
@@ -113,11 +114,15 @@ def sidebar(board: pd.DataFrame, db: str) -> tuple[str, str, list[str], list[str
     _keep_valid("task", tasks)
     task = st.sidebar.selectbox("Task", tasks, key="task")
     rows = board[board.task == task]
-    method_options, profile_options = sorted(rows.method.unique()), sorted(rows.profile.dropna().unique())
+    method_options, protocol_options = sorted(rows.method.unique()), sorted(rows.protocol.unique())
     _keep_subset("methods", method_options)
-    _keep_subset("profiles", profile_options)
+    if st.session_state.get("protocols_task") != task:  # a new task starts from its protocol runs
+        st.session_state["protocols"] = data.default_protocols(board, task)
+        st.session_state["protocols_task"] = task
+    _keep_subset("protocols", protocol_options)
     methods = st.sidebar.multiselect("Methods", method_options, key="methods", placeholder="all methods")
-    profiles = st.sidebar.multiselect("Profiles", profile_options, key="profiles", placeholder="all profiles")
+    profiles = st.sidebar.multiselect("Protocols", protocol_options, key="protocols", placeholder="all runs",
+                                      help="runs that satisfy a protocol of the task; `exploratory` runs satisfy none")
     if st.sidebar.button("Refresh"):
         st.cache_data.clear()
         st.rerun()
@@ -148,25 +153,53 @@ def first_run_page(db: str) -> None:
 
 
 def _column_config(view: pd.DataFrame, quality: str) -> dict:
-    narrow = {"rank": 50, "method": 90, "safe": 50, "samples": 70, "steps": 55, "profile": 65, "commit": 80}  # pixels
+    narrow = {"rank": 50, "method": 90, "safe": 50, "samples": 70, "steps": 55, "protocol": 80, "commit": 80}  # pixels
     config = {name: st.column_config.Column(name, width=pixels) for name, pixels in narrow.items()}
     config |= {
         "rank": st.column_config.NumberColumn("rank", format="%d", width=narrow["rank"]),
-        "safe": st.column_config.CheckboxColumn("safe", width=narrow["safe"], help="forbidden share at most the task's threshold"),
-        "forbidden_rate": st.column_config.NumberColumn("forbidden share", format="percent", help=data.metric_description("forbidden_rate")),
-        "kl_classes": st.column_config.NumberColumn("KL (classes)", format="%.4f", help=data.metric_description("kl_classes")),
+        "safe": st.column_config.CheckboxColumn("safe", width=narrow["safe"], help="upper end of the forbidden share's 95% interval at most the task's threshold"),
+        "forbidden_rate": st.column_config.TextColumn("forbidden share [95% CI]", help=data.metric_description("forbidden_rate")),
+        "kl_classes": st.column_config.TextColumn("KL (classes) [95% CI]", help=data.metric_description("kl_classes")),
         "run_id": st.column_config.TextColumn("run id"),
     }
     for metric in data.metric_columns(view):
         if metric not in config:
             label = f"{metric} ★" if metric == quality else metric
-            config[metric] = st.column_config.NumberColumn(label, format="%.4f", help=data.metric_description(metric))
+            config[metric] = st.column_config.TextColumn(label + " [95% CI]", help=data.metric_description(metric))
     return config
 
 
-def leaderboard_page(rows: pd.DataFrame, info: data.TaskInfo) -> None:
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def cached_matched(db: str, task: str) -> pd.DataFrame:
+    return matched_safety_table(Store(db), task)
+
+
+def matched_safety_section(db: Path, info: data.TaskInfo) -> None:
+    """The headline: each method's quality at matched safety (its calibrated run), shared ranks where intervals overlap."""
+    matched = read(cached_matched, str(db), info.name)
+    st.subheader(f"At matched safety: forbidden share at most {DEFAULT_TARGET:.0%}")
+    if matched is None or matched.empty:
+        st.caption(f"No calibrated run yet: `bench calibrate --method M --task {info.name} --target {DEFAULT_TARGET}` finds each "
+                   "method's smallest scale that meets the target.")
+        return
+    quality = info.quality_metric
+    view = pd.DataFrame({
+        "rank": matched["rank"], "method": matched["method"], "scale": matched["scale"],
+        f"{quality} ★ [95% CI]": [data.with_interval(v, lo, hi) for v, lo, hi in zip(matched[quality], matched[quality + "__low"], matched[quality + "__high"])],
+        "forbidden share [95% CI]": [data.with_interval(v, lo, hi) for v, lo, hi in
+                                     zip(matched["forbidden_rate"], matched["forbidden_rate__low"], matched["forbidden_rate__high"])],
+        "KL [95% CI]": [data.with_interval(v, lo, hi) for v, lo, hi in zip(matched["kl_classes"], matched["kl_classes__low"], matched["kl_classes__high"])],
+        "samples": matched["samples"], "monotone": matched["monotone"], "run id": matched["run_id"]})
+    st.dataframe(view, hide_index=True)
+    st.caption("Methods whose 95% intervals of the quality metric overlap share a rank. `monotone`: the calibration saw the "
+               "forbidden share fall as the scale grew (no pair of points significantly out of order).")
+
+
+def leaderboard_page(db: Path, rows: pd.DataFrame, info: data.TaskInfo) -> None:
     st.header(f"Leaderboard · {info.name}")
     st.markdown(data.headline_paragraph(info))
+    matched_safety_section(db, info)
+    st.subheader("All runs")
     if rows.empty:
         st.info("No run of this task matches the filters.")
         return
@@ -186,7 +219,8 @@ def curves_page(rows: pd.DataFrame, info: data.TaskInfo) -> None:
     if points.empty or points.forbidden_rate.isna().all():
         st.info("No run of this task has a forbidden share yet.")
         return
-    st.pyplot(plots.curves_figure(points, info.quality_metric, info.threshold))
+    st.altair_chart(plots.curves_chart(points, info.quality_metric, info.threshold), use_container_width=True)
+    st.caption("Error bars: 95% intervals (Wilson for the forbidden share, bootstrap over samples otherwise). Hover a point for its run.")
     with st.expander("Points"):
         st.dataframe(points, hide_index=True)
 
@@ -215,12 +249,14 @@ def _samples_view(row: pd.Series, info: data.TaskInfo) -> None:
 def run_detail_page(db: Path, rows: pd.DataFrame, info: data.TaskInfo) -> None:
     st.header(f"Run detail · {info.name}")
     row = _select_run("Run", "run", rows)
-    metrics = data.metric_columns(rows)
+    metrics = [m for m in data.metric_columns(rows, info.metrics) if pd.notna(row.get(m))]
     left, right = st.columns(2)
     with left:
         st.subheader("Metrics")
-        st.dataframe(pd.DataFrame({"metric": metrics, "value": [row.get(m) for m in metrics]}), hide_index=True)
-        st.caption(f"on {int(row.samples)} samples, {int(row.steps)} steps; safe: {bool(row.safe)} (threshold {info.threshold:.1%})")
+        st.dataframe(pd.DataFrame({"metric": metrics, "value [95% CI]": [data.with_interval(row.get(m), *data.interval_of(row, m)) for m in metrics]}),
+                     hide_index=True)
+        st.caption(f"on {int(row.samples)} samples, {int(row.steps)} steps, protocol {row.protocol}; safe: {bool(row.safe)} "
+                   f"(upper end of the forbidden share's interval at most {info.threshold:.1%})")
         st.subheader("Provenance")
         st.json(data.provenance(row), expanded=1)
         with st.expander("Resolved config"):
@@ -250,7 +286,12 @@ def run_detail_page(db: Path, rows: pd.DataFrame, info: data.TaskInfo) -> None:
             st.pyplot(plots.trace_figure(posteriors, "p(removed | x_t)"))
 
 
-def compare_page(rows: pd.DataFrame, info: data.TaskInfo) -> None:
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def cached_comparison(db: str, run_a: str, run_b: str) -> pd.DataFrame:
+    return Store(db).comparison(run_a, run_b)
+
+
+def compare_page(db: Path, rows: pd.DataFrame, info: data.TaskInfo) -> None:
     st.header(f"Compare · {info.name}")
     default_a, default_b = data.default_pair(rows)
     left, right = st.columns(2)
@@ -262,7 +303,13 @@ def compare_page(rows: pd.DataFrame, info: data.TaskInfo) -> None:
         st.warning(f"The runs use different seeds ({a.seed} and {b.seed}): sample i does not start from the same noise.")
     else:
         st.caption(f"Both runs use seed {a.seed}: sample i of A and of B start from the same noise, so differences are the methods'.")
-    st.dataframe(data.compare_metrics(a, b, data.metric_columns(rows)), hide_index=True)
+    paired = read(cached_comparison, str(db), a.run_id, b.run_id)
+    st.dataframe(data.compare_metrics(a, b, data.metric_columns(rows, info.metrics), paired), hide_index=True)
+    if paired is None or paired.empty:
+        st.caption(f"The paired interval of B - A (resampling the same samples in both runs) is computed by "
+                   f"`bench compare {a.run_id} {b.run_id}`; it is then shown here.")
+    else:
+        st.caption("Paired 95% interval of B - A: the same samples resampled in both runs; * where it excludes 0.")
     xa, xb = samples_of(a), samples_of(b)
     if xa is None or xb is None:
         st.info("Samples of one of the runs are missing on disk.")
@@ -297,9 +344,9 @@ def main() -> None:
         return
     page, task, methods, profiles = sidebar(board, shown)
     info = cached_task_info(str(db), task)
-    rows = data.filter_board(board, task, methods, profiles)
+    rows = data.filter_board(board, info, methods, profiles)
     if page == "Leaderboard":
-        leaderboard_page(rows, info)
+        leaderboard_page(db, rows, info)
     elif rows.empty:
         st.info("No run of this task matches the filters.")
     elif page == "Curves":
@@ -307,7 +354,7 @@ def main() -> None:
     elif page == "Run detail":
         run_detail_page(db, rows, info)
     else:
-        compare_page(rows, info)
+        compare_page(db, rows, info)
     st.query_params.from_dict({"page": page, "task": task, **{k: st.session_state[k] for k in ("run", "run_a", "run_b") if k in st.session_state}})
 
 

@@ -16,12 +16,14 @@ from negguide.results.leaderboard import headline_of, rank_runs
 from negguide.results.store import DEFAULT_DB, Store
 
 UNGUIDED = "none"
+EXPLORATORY = "exploratory"  # the protocol column of runs that satisfy none
 FIRST_RUN_COMMAND = "bench run --method dng --task mnist-remove-0"
 SWEEP_COMMAND = "bench sweep --method dng --task gmm1d-remove-1 --param scale=0.5,1,2"
 # The columns of the `runs` table; every other column of Store.wide() is a metric.
 RUN_FIELDS = ("run_id", "task", "task_version", "method", "params", "profile", "seed", "samples", "steps", "sweep_id",
               "config", "git_commit", "packages", "timings", "started_at", "finished_at", "wall_seconds", "status",
-              "artifacts_dir")
+              "artifacts_dir", "protocol", "variance", "digests")
+INTERVAL_SUFFIXES = ("__low", "__high")  # Store.wide(intervals=True): <metric>__low, <metric>__high
 DISPLAY_FIELDS = ("rank", "safe", "scale", "setting", "line", "date", "commit")  # added by build_board
 HEADLINE_FIRST = ("forbidden_rate", "kl_classes")  # shown before the quality metric on every page
 
@@ -36,6 +38,7 @@ class TaskInfo:
     quality_metric: str
     threshold: float
     details: dict = field(default_factory=dict)
+    metrics: tuple[str, ...] = ()  # the task's metrics (empty: unknown, show what the runs have)
 
 
 def resolve_db_path(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
@@ -71,7 +74,8 @@ def task_info(store: Store, name: str) -> TaskInfo:
     if not info:
         suffix = name.rsplit("-", 1)[-1]
         return TaskInfo(name, "unknown", int(suffix) if suffix.isdigit() else None, quality, threshold)
-    return TaskInfo(name, info.get("family", "unknown"), info.get("removed"), quality, threshold, dict(info.get("details", {})))
+    return TaskInfo(name, info.get("family", "unknown"), info.get("removed"), quality, threshold, dict(info.get("details", {})),
+                    tuple(info.get("metrics", ())))
 
 
 def higher_is_better(metric: str) -> bool:
@@ -106,10 +110,23 @@ def setting_label(method: str, params: dict, defaults: dict) -> str:
     return ", ".join(parts + ([other] if other else []))
 
 
-def metric_columns(wide: pd.DataFrame) -> list[str]:
-    """Metric columns of a Store.wide() or board frame: safety first, then the rest alphabetically."""
-    names = [c for c in wide.columns if c not in RUN_FIELDS and c not in DISPLAY_FIELDS]
+def metric_columns(wide: pd.DataFrame, task_metrics: Sequence[str] = ()) -> list[str]:
+    """Metric columns of a Store.wide() or board frame (the task's only, when known): safety first, then alphabetically."""
+    names = [c for c in wide.columns if c not in RUN_FIELDS and c not in DISPLAY_FIELDS and not c.endswith(INTERVAL_SUFFIXES)]
+    if task_metrics:
+        names = [c for c in names if c in task_metrics]
     return [c for c in HEADLINE_FIRST if c in names] + sorted(c for c in names if c not in HEADLINE_FIRST)
+
+
+def with_interval(value: float, low: float, high: float) -> str:
+    """A metric value and its 95% interval as text: `0.0123 [0.0101, 0.0150]`."""
+    if value is None or value != value:
+        return ""
+    return f"{value:.4g} [{low:.4g}, {high:.4g}]" if low == low and high == high else f"{value:.4g}"
+
+
+def interval_of(row: pd.Series, metric: str) -> tuple[float, float]:
+    return float(row.get(metric + "__low", np.nan)), float(row.get(metric + "__high", np.nan))
 
 
 def build_board(store: Store, wide: pd.DataFrame) -> pd.DataFrame:
@@ -126,6 +143,7 @@ def build_board(store: Store, wide: pd.DataFrame) -> pd.DataFrame:
     defaults = {m: store.info("method_info", m).get("defaults", {}) for m in board.method.unique()}
     board["setting"] = [setting_label(m, p, defaults[m]) for m, p in zip(board.method, params)]
     board["line"] = [m + (f" ({o})" if (o := other_params_label(p, defaults[m])) else "") for m, p in zip(board.method, params)]
+    board["protocol"] = board["protocol"].fillna("exploratory")
     board["date"] = pd.to_datetime(board["finished_at"]).dt.strftime("%Y-%m-%d %H:%M")
     board["commit"] = board["git_commit"].fillna("").str[:8]
     return board
@@ -133,17 +151,26 @@ def build_board(store: Store, wide: pd.DataFrame) -> pd.DataFrame:
 
 def load_board(store: Store) -> pd.DataFrame:
     """The board of every stored run (empty frame for an empty or absent store)."""
-    return build_board(store, store.wide())
+    return build_board(store, store.wide(intervals=True))
 
 
-def filter_board(board: pd.DataFrame, task: str, methods: Sequence[str] = (), profiles: Sequence[str] = ()) -> pd.DataFrame:
-    """One task's rows, optionally only some methods and profiles, in rank order."""
-    rows = board[board.task == task]
+def default_protocols(board: pd.DataFrame, task: str) -> list[str]:
+    """The protocols shown first: every protocol the task's runs satisfy; exploratory runs only when there is nothing else."""
+    found = sorted(board[board.task == task].protocol.unique())
+    named = [p for p in found if p != EXPLORATORY]
+    return named or found
+
+
+def filter_board(board: pd.DataFrame, info: TaskInfo, methods: Sequence[str] = (), protocols: Sequence[str] = ()) -> pd.DataFrame:
+    """One task's rows, optionally only some methods and protocols, ranked among themselves (shared ranks)."""
+    rows = board[board.task == info.name]
     if methods:
         rows = rows[rows.method.isin(list(methods))]
-    if profiles:
-        rows = rows[rows.profile.isin(list(profiles))]
-    return rows.sort_values("rank")
+    if protocols:
+        rows = rows[rows.protocol.isin(list(protocols))]
+    if rows.empty:
+        return rows
+    return rank_runs(rows.drop(columns=["rank", "safe"]), info.quality_metric, info.threshold).sort_values("rank", kind="stable")
 
 
 def leaderboard_view(rows: pd.DataFrame, quality_metric: str) -> pd.DataFrame:
@@ -152,8 +179,11 @@ def leaderboard_view(rows: pd.DataFrame, quality_metric: str) -> pd.DataFrame:
     ordered = [m for m in HEADLINE_FIRST if m in metrics] + ([quality_metric] if quality_metric in metrics else [])
     ordered += [m for m in metrics if m not in ordered]
     ordered = [m for m in ordered if rows[m].notna().any()]  # e.g. posterior_mae only when a run tracks one
-    columns = ["rank", "method", "setting", "safe", *ordered, "samples", "steps", "profile", "date", "commit", "run_id"]
-    return rows[columns].reset_index(drop=True)
+    columns = ["rank", "method", "setting", "safe", *ordered, "samples", "steps", "protocol", "date", "commit", "run_id"]
+    view = rows[columns].reset_index(drop=True)
+    for metric in ordered:  # every metric with its 95% interval, as text
+        view[metric] = [with_interval(v, *interval_of(r, metric)) for v, (_, r) in zip(rows[metric], rows.iterrows())]
+    return view
 
 
 def headline_paragraph(info: TaskInfo) -> str:
@@ -161,26 +191,33 @@ def headline_paragraph(info: TaskInfo) -> str:
     quality = info.quality_metric
     better = "highest" if higher_is_better(quality) else "lowest"
     return (
-        f"**How this table is ranked.** A run is *safe* when its forbidden share (the share of samples the judge "
-        f"puts in the removed class) is at most **{info.threshold:.1%}**, the task's threshold. Among safe runs the "
-        f"{better} **{quality}** ranks first: {metric_description(quality)}. This is the paper's high-safety regime: "
-        f"a method must first stop producing the removed class, and is then judged by how little it damaged "
-        f"everything else. Runs above the threshold follow, safest first. Every number is computed on the run's "
-        f"`samples`; sample-based distances such as FID are biased on few samples, so compare runs with equal counts."
+        f"**How this table is ranked.** A run is *safe* when the upper end of the 95% interval of its forbidden share "
+        f"(the share of samples the judge puts in the removed class) is at most **{info.threshold:.1%}**, the task's "
+        f"threshold, so a handful of samples cannot look safe by luck. Among safe runs the {better} **{quality}** ranks "
+        f"first: {metric_description(quality)}. Runs whose 95% intervals of {quality} overlap share a rank (one plus the "
+        f"number of runs entirely better). Runs above the threshold follow, safest first. The paper's comparison is at "
+        f"matched safety: the table above it gives each method at its calibrated scale. Runs of a protocol (fixed samples, "
+        f"steps, seed, sampler variance) are shown by default; `exploratory` runs satisfy none. Sample-based distances such "
+        f"as FID are biased on few samples: compare runs of one protocol."
     )
 
 
 # ---- curves -------------------------------------------------------------------------------
 
 def curve_points(rows: pd.DataFrame, quality_metric: str) -> pd.DataFrame:
-    """Points of the safety-vs-quality and safety-vs-KL curves: one line per method setting across scales."""
-    columns = ["line", "method", "scale", "forbidden_rate", "kl_classes", "quality", "unguided"]
+    """Points of the safety-vs-quality and safety-vs-KL curves, with 95% intervals: one line per method setting across scales."""
+    columns = ["line", "method", "setting", "scale", "forbidden_rate", "forbidden_low", "forbidden_high", "kl_classes", "kl_low", "kl_high",
+               "quality", "quality_low", "quality_high", "unguided", "samples", "run_id"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
+
+    def column(name: str) -> pd.Series | float:
+        return rows[name] if name in rows else np.nan
+
     points = rows.assign(
-        quality=rows[quality_metric] if quality_metric in rows else np.nan,
-        kl_classes=rows["kl_classes"] if "kl_classes" in rows else np.nan,
-        forbidden_rate=rows["forbidden_rate"] if "forbidden_rate" in rows else np.nan,
+        quality=column(quality_metric), quality_low=column(quality_metric + "__low"), quality_high=column(quality_metric + "__high"),
+        kl_classes=column("kl_classes"), kl_low=column("kl_classes__low"), kl_high=column("kl_classes__high"),
+        forbidden_rate=column("forbidden_rate"), forbidden_low=column("forbidden_rate__low"), forbidden_high=column("forbidden_rate__high"),
         unguided=rows.method == UNGUIDED,
     )
     if points.samples.nunique() > 1:  # different sample counts give different curves, not one zigzag
@@ -280,9 +317,16 @@ def framed(images: np.ndarray, highlight: np.ndarray, width: int = 2) -> np.ndar
     return out
 
 
-def compare_metrics(a: pd.Series, b: pd.Series, names: Sequence[str]) -> pd.DataFrame:
-    """Metric values of two runs side by side with the difference B - A."""
-    values = [(n, float(a.get(n, np.nan)), float(b.get(n, np.nan))) for n in names]
-    table = pd.DataFrame(values, columns=["metric", "A", "B"])
-    table["B - A"] = table.B - table.A
-    return table
+def compare_metrics(a: pd.Series, b: pd.Series, names: Sequence[str], paired: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Two runs' metrics with their intervals side by side, and B - A with its paired interval when it was computed."""
+    rows = []
+    for name in names:
+        va, vb = float(a.get(name, np.nan)), float(b.get(name, np.nan))
+        row = {"metric": name, "A [95% CI]": with_interval(va, *interval_of(a, name)), "B [95% CI]": with_interval(vb, *interval_of(b, name)),
+               "B - A": vb - va, "paired 95% CI of B - A": ""}
+        found = paired[paired.metric == name] if paired is not None and not paired.empty else None
+        if found is not None and not found.empty:
+            f = found.iloc[0]
+            row["paired 95% CI of B - A"] = f"[{f.diff_low:.4g}, {f.diff_high:.4g}]" + (" *" if not f.diff_low <= 0 <= f.diff_high else "")
+        rows.append(row)
+    return pd.DataFrame(rows)

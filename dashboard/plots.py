@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import altair as alt
 import numpy as np
 import pandas as pd
 from matplotlib.collections import LineCollection
@@ -33,6 +34,26 @@ def curves_figure(points: pd.DataFrame, quality_metric: str, threshold: float) -
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     return fig
+
+
+def curves_chart(points: pd.DataFrame, quality_metric: str, threshold: float) -> alt.HConcatChart:
+    """Interactive paper Fig. 4: forbidden share against quality and against KL, 95% error bars both ways, the run on hover."""
+    data = points.assign(forbidden_pct=100 * points.forbidden_rate, forbidden_low_pct=100 * points.forbidden_low,
+                         forbidden_high_pct=100 * points.forbidden_high)
+    tooltip = ["line", "setting", "scale", alt.Tooltip("forbidden_pct", format=".2f", title="forbidden %"),
+               alt.Tooltip("quality", format=".4g", title=quality_metric), alt.Tooltip("kl_classes", format=".4g", title="KL"), "samples", "run_id"]
+    charts = []
+    for value, low, high, title in (("quality", "quality_low", "quality_high", quality_metric), ("kl_classes", "kl_low", "kl_high", "KL of class histogram")):
+        base = alt.Chart(data).encode(x=alt.X("forbidden_pct:Q", title="forbidden share (%)"), color=alt.Color("line:N", title=None))
+        lines = base.transform_filter("!datum.unguided").mark_line(point=True).encode(y=alt.Y(f"{value}:Q", title=title), order="scale:Q",
+                                                                                      tooltip=tooltip)
+        star = base.transform_filter("datum.unguided").mark_point(shape="diamond", size=160, filled=True, color="black").encode(
+            y=f"{value}:Q", tooltip=tooltip)
+        vertical = base.mark_rule(opacity=0.5).encode(y=f"{low}:Q", y2=f"{high}:Q")
+        horizontal = base.mark_rule(opacity=0.5).encode(x="forbidden_low_pct:Q", x2="forbidden_high_pct:Q", y=f"{value}:Q")
+        rule = alt.Chart(pd.DataFrame({"x": [100 * threshold]})).mark_rule(strokeDash=[4, 4], color="grey").encode(x="x:Q")
+        charts.append(alt.layer(vertical, horizontal, lines, star, rule).properties(width=420, height=320).interactive())
+    return alt.hconcat(*charts)
 
 
 def class_histogram_figure(shares: np.ndarray, ideal: np.ndarray, removed: int | None) -> Figure:

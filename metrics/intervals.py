@@ -62,6 +62,8 @@ class Statistic:
             return Interval(float("nan"), float("nan"), "none")
         if self.hits is not None:
             return wilson(int(self.hits.sum()), self.units)
+        if self.units < 2:  # one unit cannot be resampled
+            return Interval(float("nan"), float("nan"), "none")
         return bootstrap(self.of, self.units, self.resamples)
 
 
@@ -88,5 +90,7 @@ def paired_difference(a: Statistic, b: Statistic, resamples: int | None = None) 
     if a.units != b.units:
         raise ValueError(f"{a.name}: the runs have {a.units} and {b.units} units; a paired comparison needs the same samples")
     difference = b.value() - a.value()
+    if a.units < 2:
+        return difference, Interval(float("nan"), float("nan"), "none")
     interval = bootstrap(lambda index: b.of(index) - a.of(index), a.units, resamples or min(a.resamples, b.resamples))
     return difference, Interval(interval.low, interval.high, "paired-" + interval.method)

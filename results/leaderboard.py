@@ -55,7 +55,7 @@ def rank_runs(runs: pd.DataFrame, quality_metric: str, threshold: float) -> pd.D
     safe = runs[runs.safe].sort_values([quality_metric, "forbidden_rate"], ascending=[lower_better, True], na_position="last")
     unsafe = runs[~runs.safe].sort_values(["forbidden_rate", quality_metric], na_position="last")
     safe["rank"] = shared_ranks(safe[quality_metric], safe[quality_metric + "__low"], safe[quality_metric + "__high"], lower_better)
-    unsafe["rank"] = len(safe) + shared_ranks(unsafe["forbidden_rate"], unsafe["forbidden_rate__low"], unsafe["forbidden_rate__high"], True)
+    unsafe["rank"] = [len(safe) + r for r in shared_ranks(unsafe["forbidden_rate"], unsafe["forbidden_rate__low"], unsafe["forbidden_rate__high"], True)]
     return pd.concat([safe, unsafe])
 
 

@@ -82,6 +82,16 @@ CREATE TABLE IF NOT EXISTS calibrations (
     points VARCHAR NOT NULL,
     created_at TIMESTAMP
 );
+CREATE TABLE IF NOT EXISTS comparisons (
+    run_a VARCHAR NOT NULL,
+    run_b VARCHAR NOT NULL,
+    metric VARCHAR NOT NULL,
+    diff DOUBLE,
+    diff_low DOUBLE,
+    diff_high DOUBLE,
+    interval VARCHAR,
+    PRIMARY KEY (run_a, run_b, metric)
+);
 CREATE TABLE IF NOT EXISTS task_info (
     task VARCHAR PRIMARY KEY,
     info VARCHAR NOT NULL
@@ -240,6 +250,22 @@ class Store:
                          record.monotone, record.points, record.created_at])
 
         self._transaction(write)
+
+    def write_comparison(self, run_a: str, run_b: str, rows: list[dict]) -> None:
+        """Paired differences b - a per metric (`bench compare`, `bench run`'s baseline), so readers need not recompute them."""
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute("DELETE FROM comparisons WHERE run_a = ? AND run_b = ?", [run_a, run_b])
+            con.executemany("INSERT INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [[run_a, run_b, r["metric"], _finite(r["difference"]), _finite(r["difference_interval"][0]), _finite(r["difference_interval"][1]),
+                              r["interval_method"]] for r in rows])
+
+        self._transaction(write)
+
+    def comparison(self, run_a: str, run_b: str) -> pd.DataFrame:
+        """The stored paired comparison of b against a (empty when none was computed)."""
+        if not self.exists() or "comparisons" not in self._tables():
+            return pd.DataFrame(columns=["run_a", "run_b", "metric", "diff", "diff_low", "diff_high", "interval"])
+        return self.query("SELECT * FROM comparisons WHERE run_a = ? AND run_b = ? ORDER BY metric", [run_a, run_b])
 
     def calibrations(self, task: str | None = None) -> pd.DataFrame:
         """Stored calibrations (empty for a store older than the table)."""

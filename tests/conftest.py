@@ -33,7 +33,7 @@ def draw(task_name: str, method: str, params: dict, samples: int = 512, steps: i
 def labels_of(task_name: str, x) -> np.ndarray:
     """The judge's class (or mode) of each sample."""
     task = get_task(task_name)
-    return runtime_for(task, pick_device(task)).judge(x, {}, ()).records["label"]
+    return runtime_for(task, pick_device(task)).records(x, ())["label"]
 
 
 def run_json(capsys, *args: str, baseline: bool = False) -> dict:

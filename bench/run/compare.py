@@ -39,12 +39,31 @@ class MetricComparison:
         """The paired 95% interval of the difference excludes 0."""
         return not (self.difference_interval.low <= 0.0 <= self.difference_interval.high)
 
+    @classmethod
+    def from_dict(cls, row: dict) -> "MetricComparison":
+        method = row["interval_method"]
+        a_low, a_high = map(_nan, row["a_interval"])
+        b_low, b_high = map(_nan, row["b_interval"])
+        d_low, d_high = map(_nan, row["difference_interval"])
+        return cls(row["metric"], _nan(row["a"]), Interval(a_low, a_high, method.removeprefix("paired-")), _nan(row["b"]),
+                   Interval(b_low, b_high, method.removeprefix("paired-")), _nan(row["difference"]), Interval(d_low, d_high, method),
+                   row["higher_is_better"])
+
     def as_dict(self) -> dict:
-        return {"metric": self.name, "a": self.a, "a_interval": [self.a_interval.low, self.a_interval.high], "b": self.b,
-                "b_interval": [self.b_interval.low, self.b_interval.high], "difference": self.difference,
-                "difference_interval": [self.difference_interval.low, self.difference_interval.high],
+        """JSON-ready: a missing interval end is None."""
+        return {"metric": self.name, "a": _json(self.a), "a_interval": [_json(self.a_interval.low), _json(self.a_interval.high)], "b": _json(self.b),
+                "b_interval": [_json(self.b_interval.low), _json(self.b_interval.high)], "difference": _json(self.difference),
+                "difference_interval": [_json(self.difference_interval.low), _json(self.difference_interval.high)],
                 "interval_method": self.difference_interval.method, "higher_is_better": self.higher_is_better,
                 "significant": self.significant}
+
+
+def _json(value: float) -> float | None:
+    return None if value is None or value != value else float(value)
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _run_row(store: Store, run_id: str) -> dict:
@@ -85,6 +104,7 @@ def compare_runs(store: Store, run_a: str, run_b: str) -> list[MetricComparison]
         difference, interval = paired_difference(stats_a[name], stats_b[name])
         found.append(MetricComparison(name, stats_a[name].value(), stats_a[name].interval(), stats_b[name].value(), stats_b[name].interval(),
                                       difference, interval, METRICS[name].higher_is_better))
+    store.write_comparison(run_a, run_b, [row.as_dict() for row in found])
     return found
 
 

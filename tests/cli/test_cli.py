@@ -9,6 +9,7 @@ import pytest
 from conftest import run_json
 
 from negguide.bench.cli import main as bench_main
+from negguide.results.leaderboard import leaderboard_table
 from negguide.results.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +59,12 @@ def test_leaderboard_ranks_safe_runs_by_quality(db, capsys):
     for method, scale in (("none", "1"), ("np", "1"), ("dng-exact", "1")):
         run_json(capsys, "--method", method, *QUICK, "--param", f"scale={scale}")
     assert bench_main(["leaderboard", "--task", "gmm1d-remove-1"]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
-    assert [row[2] for row in rows][0] == "dng-exact"
+    assert "none satisfies a protocol" in capsys.readouterr().out  # 256-sample runs are exploratory
+    assert bench_main(["leaderboard", "--task", "gmm1d-remove-1", "--exploratory"]) == 0
+    out = capsys.readouterr().out
+    table = leaderboard_table(Store(db), "gmm1d-remove-1", exploratory=True)
+    assert table.method.iloc[0] == "dng-exact" and table["rank"].iloc[0] == 1 and "dng-exact" in out
+    assert table["protocol"].tolist() == ["exploratory"] * 3
 
 
 def test_user_method_from_file(db, capsys):
@@ -79,7 +84,7 @@ BAD_INPUTS = {
     "samples <= 0": (["--method", "dng", "--task", "gmm1d-remove-1", "--samples", "0"], "--samples must be a positive"),
     "missing method file": (["--method", "nowhere.py:Thing", *QUICK], "not found"),
     "exact-only method on a task without oracles": None,
-    "unknown profile": (["--method", "dng", "--task", "gmm1d-remove-1", "--profile", "huge"], "has no profile 'huge'"),
+    "unknown profile": (["--method", "dng", "--task", "gmm1d-remove-1", "--profile", "huge"], "has no protocol 'huge'"),
 }
 
 

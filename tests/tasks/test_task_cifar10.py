@@ -18,6 +18,8 @@ import torch
 
 from negguide.bench import train_cifar10
 from negguide.bench.cli import main as bench_main
+from negguide.bench.tasks.spec import judge
+from negguide.metrics.frechet import FeatureStats
 from negguide.bench.run.shards import clear_runtimes
 from negguide.datasets import cifar10
 from negguide.methods.errors import BenchError
@@ -187,8 +189,9 @@ def test_describe_gives_the_paper_hyperparameters(capsys):
     task = json.loads(capsys.readouterr().out)
     assert task["removed_class"] == "cat" and task["shape"] == [3, 32, 32]
     assert task["dng_paper_params"] == {"prior": 0.01, "tau": 0.2, "delta": 2e-4, "p_max": 0.8}
-    assert task["profiles"]["paper"]["samples"] == 10_240 and task["profiles"]["paper"]["steps"] == 1000
-    assert set(task["profiles"]["quick"]["metrics"]) == {"forbidden_rate", "kl_classes", "fid", "fid_all"}
+    assert task["protocols"]["paper"]["samples"] == 10_240 and task["protocols"]["paper"]["steps"] == 1000
+    assert task["protocols"]["paper"]["variance"] == "beta" and task["protocols"]["quick"]["variance"] == "beta_tilde"
+    assert set(task["protocols"]["quick"]["metrics"]) == {"forbidden_rate", "kl_classes", "fid", "fid_all"}
 
 
 def test_finetune_saves_a_loadable_forget_model(tiny, monkeypatch, tmp_path, capsys):
@@ -235,16 +238,25 @@ def test_fid_references_drop_the_removed_class(tiny, monkeypatch):
     labels = np.arange(30) % 10
     monkeypatch.setattr(cifar10, "load_cifar10_train", lambda root: (np.zeros((30, 3, 32, 32), np.uint8), labels))
     calls = []
+    rng = np.random.default_rng(0)
 
-    def fake_fid(generated: np.ndarray, reference: np.ndarray) -> float:
-        calls.append((generated.dtype, generated.shape, len(reference)))
-        return 1.0
+    def fake_features(generated: np.ndarray) -> np.ndarray:
+        calls.append(("generated", generated.dtype, generated.shape))
+        return rng.normal(size=(len(generated), 4))
 
-    monkeypatch.setattr(negguide.metrics.fid, "inception_fid", fake_fid)
+    def fake_reference(reference: np.ndarray) -> FeatureStats:
+        calls.append(("reference", reference.dtype, len(reference)))
+        return FeatureStats.of(rng.normal(size=(len(reference), 4)))
+
+    monkeypatch.setattr(negguide.metrics.fid, "inception_features", fake_features)
+    monkeypatch.setattr(negguide.metrics.fid, "reference_stats", fake_reference)
     runtime = Cifar10Runtime(removed=3, device=torch.device("cpu"))
     x = torch.rand(6, 3, 32, 32) * 2 - 1
-    judgement = runtime.judge(x, {}, ("forbidden_rate", "kl_classes", "fid", "fid_all"))
+    judgement = judge(runtime, x, {}, ("forbidden_rate", "kl_classes", "fid", "fid_all"))
     values = {v.name: v for v in judgement.metrics}
-    assert judgement.records["label"].shape == (6,) and np.allclose(judgement.records["confidence"] <= 1.0, True)
+    assert judgement.records["label"].shape == (6,) and np.all(judgement.records["confidence"] <= 1.0)
     assert set(values) == {"forbidden_rate", "kl_classes", "fid", "fid_all"} and all(v.samples == 6 for v in values.values())
-    assert calls == [(np.uint8, (6, 3, 32, 32), 27), (np.uint8, (6, 3, 32, 32), 30)]  # fid: without the 3 cats; fid_all: all
+    assert all(v.low <= v.value <= v.high for v in values.values())
+    # Inception once on the 6 saved images; fid: the reference without the 3 cats; fid_all: all 30.
+    assert calls == [("generated", np.uint8, (6, 3, 32, 32)), ("reference", np.uint8, 27), ("reference", np.uint8, 30)]
+

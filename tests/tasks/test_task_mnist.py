@@ -65,7 +65,7 @@ def test_class_out_of_range_and_unknown_profile(db, capsys):
     assert bench_main(["run", "--method", "dng", "--task", "mnist-remove-10"]) == 2
     assert "did you mean" in capsys.readouterr().err
     assert bench_main(["run", "--method", "dng", "--task", "mnist-remove-0", "--profile", "fast"]) == 2
-    assert "profiles: quick, paper" in capsys.readouterr().err
+    assert "protocols: quick, standard, paper" in capsys.readouterr().err
 
 
 def test_kl_classes_zero_count_smoothing():

@@ -314,7 +314,7 @@ def test_user_prompt_file_by_option_and_env(monkeypatch, tmp_path):
     mine.write_text(json.dumps({"triplets": [{"id": "kitchen", "positive": "a kitchen", "related": "a kettle", "unrelated": "a whale"}]}))
     options = TaskOptions(prompts=mine)  # what --prompts passes: no environment variable is set
     single, every = get_task("sd2-kitchen", options), get_task("sd2-related-unrelated", options)
-    assert single.profile("paper").samples == 3 * 32 and every.profile("quick").samples == 3
+    assert single.protocol("paper").samples == 3 * 32 and every.protocol("quick").samples == 3
     assert every.version != default_version  # the prompts are part of the task version
     with pytest.raises(BenchError, match="unknown task 'sd2-kitchen'"):
         get_task("sd2-kitchen")  # the default catalog is untouched
