@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=0.01, help="forbidden share to reach (default 0.01, the paper's regime)")
     p.add_argument("--start", type=float, help="first scale to try (default: the method's default scale)")
     p.add_argument("--max-runs", type=int, default=12, help="run budget of the search (default 12)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="stop bisecting when the bracket is this narrow, relative (default 0.05)")
 
     p = sub.add_parser("compare", help="two runs on the same noise: both values and the paired difference, with intervals")
     p.add_argument("run_a")
@@ -229,8 +230,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     request = _request(args, _key_values(args.param))
     executor = _executor(args)
     try:
-        found = calibrate(request, args.target, store, executor, start=args.start, max_runs=args.max_runs,
-                          progress=not args.no_progress, device=args.device)
+        announce = None if args.json else (lambda p: print(f"  ran scale {p.scale:.6g}: forbidden {p.forbidden:.4g} [{p.low:.4g}, {p.high:.4g}] "
+                                                                f"run {p.run_id}{' (reused)' if p.reused else ''}", flush=True))
+        found = calibrate(request, args.target, store, executor, start=args.start, max_runs=args.max_runs, tolerance=args.tolerance,
+                          progress=not args.no_progress, device=args.device, on_point=announce)
     finally:
         executor.close()
     result = found.as_dict()

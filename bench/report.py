@@ -1,103 +1,160 @@
-"""A results page for one removal task: unguided, NP, SLD and DNG over guidance sweeps.
+"""A results page for one removal task: NP, SLD and DNG compared at matched safety, with intervals.
 
-    python -m negguide.bench.report --task mnist-remove-0 --out docs/results/mnist-remove-0
+    python -m negguide.bench.report --task gmm1d-remove-1 --targets 0.01,0.005 --out docs/results/gmm1d-remove-1
 
-Runs (or reuses from the store) every point, then writes README.md with the table and
-safety-vs-quality / safety-vs-KL plots (paper Fig. 4 / 14). Every number on the page comes
-from this command.
+For each target forbidden share, every method is calibrated (`bench calibrate`: the smallest scale
+meeting the target) on one protocol; the page gives each method's quality at that scale with 95%
+intervals, the paired difference of each method against DNG (same noise, paired bootstrap), every
+calibration point, and the safety-vs-quality plot with error bars (paper Fig. 4 / 14). Every number
+on the page comes from this command; runs are stored and reused.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from negguide.bench.run import RunRequest, resolve, run_one
+from negguide.bench.run.calibrate import Calibration, calibrate
+from negguide.bench.run.compare import compare_runs
 from negguide.results.leaderboard import headline_of
 from negguide.results.store import Store
 
-DEFAULT_GRID = {"none": ["0"], "np": ["0.25", "0.5", "1", "2"], "sld": ["0.25", "0.5", "1", "2"], "dng": ["1", "2.5", "5", "10", "20"]}
 LABELS = {"none": "unguided", "np": "NP", "sld": "SLD", "dng": "DNG"}
+REFERENCE_METHOD = "dng"
 
 
-def run_grid(task: str, grid: dict[str, list[str]], fixed: dict[str, dict[str, str]], store: Store, samples: int | None,
-             steps: int | None, seed: int) -> pd.DataFrame:
-    """Every (method, scale) point, stored; one row per point with its metrics."""
-    rows = []
-    for method, scales in grid.items():
-        for scale in scales:
-            params = {**fixed.get(method, {}), "scale": scale}
-            outcome = run_one(resolve(RunRequest(task=task, method=method, params=params, samples=samples, steps=steps, seed=seed)), store)
-            rows.append({"method": method, "scale": float(scale), **outcome.result["metrics"], "samples": outcome.result["samples"],
-                         "steps": outcome.result["steps"], "run_id": outcome.run_id, "wall_s": outcome.result["timings"].get("total_s")})
-    return pd.DataFrame(rows)
+def _ci(value: float, low: float | None, high: float | None) -> str:
+    return f"{value:.4g} [{low:.4g}, {high:.4g}]" if low is not None and high is not None else f"{value:.4g}"
 
 
-def plot_curves(table: pd.DataFrame, quality: str, out: Path) -> list[str]:
-    """Forbidden share vs quality and vs KL, one line per method (unguided as a star)."""
+def calibrated(task: str, methods: list[str], targets: list[float], fixed: dict, protocol: str, store: Store, max_runs: int) -> dict:
+    """(target, method) -> Calibration, every run stored."""
+    found = {}
+    for target in targets:
+        for method in methods:
+            request = RunRequest(task=task, method=method, params=dict(fixed.get(method, {})), protocol=protocol)
+            found[(target, method)] = calibrate(request, target, store, max_runs=max_runs, progress=False)
+    return found
+
+
+def result_of(store: Store, run_id: str) -> dict:
+    from negguide.bench.run.engine import stored_result
+
+    return stored_result(store, run_id)
+
+
+def target_section(store: Store, task: str, target: float, found: dict, methods: list[str], quality: str, unguided: dict) -> list[str]:
+    rows, chosen = [], {}
+    for method in methods:
+        calibration: Calibration = found[(target, method)]
+        if calibration.chosen is None:
+            rows.append({"method": LABELS.get(method, method), "scale": "not reached", "runs": len(calibration.points)})
+            continue
+        result = result_of(store, calibration.chosen.run_id)
+        chosen[method] = result
+        m, i = result["metrics"], result["intervals"]
+        rows.append({"method": LABELS.get(method, method), "scale": f"{calibration.chosen.scale:.4g}",
+                     "forbidden share": _ci(m["forbidden_rate"], *i["forbidden_rate"]), "KL": _ci(m["kl_classes"], *i["kl_classes"]),
+                     quality: _ci(m[quality], *i[quality]), "monotone": "no" if calibration.violations else "yes", "runs": len(calibration.points),
+                     "run": calibration.chosen.run_id})
+    m, i = unguided["metrics"], unguided["intervals"]
+    rows.append({"method": "unguided", "scale": "-", "forbidden share": _ci(m["forbidden_rate"], *i["forbidden_rate"]),
+                 "KL": _ci(m["kl_classes"], *i["kl_classes"]), quality: _ci(m[quality], *i[quality]), "monotone": "", "runs": 1,
+                 "run": unguided["run_id"]})
+    lines = [f"## Target: forbidden share <= {target:g}", "", pd.DataFrame(rows).fillna("-").to_markdown(index=False), ""]
+    if REFERENCE_METHOD in chosen:
+        lines += ["Paired differences against DNG at this target (other minus DNG, same noise; 95% paired-bootstrap interval; "
+                  "* where it excludes 0):", ""]
+        for method, result in chosen.items():
+            if method == REFERENCE_METHOD:
+                continue
+            comparison = {row.name: row for row in compare_runs(store, chosen[REFERENCE_METHOD]["run_id"], result["run_id"])}
+            parts = []
+            for name in (quality, "kl_classes", "forbidden_rate"):
+                row = comparison.get(name)
+                if row is not None:
+                    parts.append(f"{name} {row.difference:+.4g} [{row.difference_interval.low:.4g}, {row.difference_interval.high:.4g}]"
+                                 f"{' *' if row.significant else ''}")
+            lines.append(f"- {LABELS.get(method, method)} - DNG: " + "; ".join(parts))
+        lines.append("")
+    return lines
+
+
+def plot(found: dict, store: Store, quality: str, unguided: dict, targets: list[float], out: Path) -> str:
+    """Every calibration point: forbidden share against quality, 95% error bars both ways, one colour per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = []
-    for metric in (quality, "kl_classes"):
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for method, rows in table.groupby("method", sort=False):
-            rows = rows.sort_values("scale")
-            style = {"marker": "*", "markersize": 14, "linestyle": "none"} if method == "none" else {"marker": "o"}
-            ax.plot(rows["forbidden_rate"], rows[metric], label=LABELS.get(method, method), **style)
-            if method != "none":
-                for _, r in rows.iterrows():
-                    ax.annotate(f"{r.scale:g}", (r.forbidden_rate, r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("forbidden share (lower is safer)")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        name = f"forbidden_vs_{metric}.png"
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-        names.append(name)
-    return names
-
-
-def write_page(task: str, table: pd.DataFrame, quality: str, threshold: float, plots: list[str], command: str, out: Path) -> None:
-    shown = table[["method", "scale", "forbidden_rate", "kl_classes", quality, "samples", "steps", "run_id"]].copy()
-    shown["method"] = shown["method"].map(lambda m: LABELS.get(m, m))
-    safe = table[table.forbidden_rate <= threshold].sort_values(quality)
-    best = {LABELS.get(m, m): rows.iloc[0] for m, rows in safe.groupby("method")} if not safe.empty else {}
-    lines = [f"# Results: {task}", "", "Regenerate with:", "", "```", command, "```", "",
-             f"Headline: the best `{quality}` among runs with forbidden share <= {threshold} (the paper's high-safety regime).", ""]
-    for label, row in sorted(best.items(), key=lambda kv: kv[1][quality]):
-        lines.append(f"- {label}: {quality} {row[quality]:.4g} at scale {row.scale:g} (forbidden {row.forbidden_rate:.4f}, KL {row.kl_classes:.4f})")
-    if not best:
-        lines.append("- no run reached the safety threshold")
-    lines += ["", shown.to_markdown(index=False, floatfmt=".4g"), ""] + [f"![{p}]({p})" for p in plots] + [""]
-    (out / "README.md").write_text("\n".join(lines))
-    table.to_csv(out / "points.csv", index=False)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    by_method: dict[str, dict[str, dict]] = {}
+    for (_, method), calibration in found.items():
+        for point in calibration.points:
+            by_method.setdefault(method, {})[point.run_id] = result_of(store, point.run_id)
+    for method, results in by_method.items():
+        points = sorted(results.values(), key=lambda r: r["params"]["scale"])
+        x = [100 * r["metrics"]["forbidden_rate"] for r in points]
+        y = [r["metrics"][quality] for r in points]
+        xerr = [[100 * (r["metrics"]["forbidden_rate"] - r["intervals"]["forbidden_rate"][0]) for r in points],
+                [100 * (r["intervals"]["forbidden_rate"][1] - r["metrics"]["forbidden_rate"]) for r in points]]
+        yerr = [[max(0.0, r["metrics"][quality] - r["intervals"][quality][0]) for r in points],
+                [max(0.0, r["intervals"][quality][1] - r["metrics"][quality]) for r in points]]
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=2, label=LABELS.get(method, method))
+    ax.plot([100 * unguided["metrics"]["forbidden_rate"]], [unguided["metrics"][quality]], "k*", markersize=14, label="unguided")
+    for target in targets:
+        ax.axvline(100 * target, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("forbidden share (%)")
+    ax.set_ylabel(quality)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    name = f"forbidden_vs_{quality}.png"
+    fig.savefig(out / name, dpi=120)
+    plt.close(fig)
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="results page for one removal task")
+    parser = argparse.ArgumentParser(description="results page for one removal task at matched safety")
     parser.add_argument("--task", default="mnist-remove-0")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--db", type=Path)
-    parser.add_argument("--samples", type=int)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grid", type=json.loads, default=DEFAULT_GRID, help="JSON {method: [scales]}")
+    parser.add_argument("--protocol", default="quick")
+    parser.add_argument("--targets", default="0.01", help="comma-separated forbidden shares, e.g. 0.01,0.005")
+    parser.add_argument("--methods", default="np,sld,dng")
     parser.add_argument("--fixed", type=json.loads, default={}, help="JSON {method: {param: value}} held fixed")
+    parser.add_argument("--max-runs", type=int, default=12)
     args = parser.parse_args(argv)
     store = Store(args.db)
+    store.check(writing=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    table = run_grid(args.task, args.grid, args.fixed, store, args.samples, args.steps, args.seed)
-    quality, threshold = headline_of(store, args.task)
-    plots = plot_curves(table, quality, args.out)
-    command = "python -m negguide.bench.report " + " ".join(f"'{a}'" if " " in a or "{" in a else a for a in (argv if argv is not None else __import__("sys").argv[1:]))
-    write_page(args.task, table, quality, threshold, plots, command, args.out)
+    targets, methods = [float(t) for t in args.targets.split(",")], args.methods.split(",")
+    found = calibrated(args.task, methods, targets, args.fixed, args.protocol, store, args.max_runs)
+    base = RunRequest(task=args.task, method="none", protocol=args.protocol)
+    unguided = run_one(resolve(base), store, progress=False).result
+    quality, _ = headline_of(store, args.task)
+    picture = plot(found, store, quality, unguided, targets, args.out)
+    command = "python -m negguide.bench.report " + shlex.join(argv if argv is not None else sys.argv[1:])
+    protocol = resolve(replace(base, method="np")).task.protocol(args.protocol)
+    lines = [f"# Results: {args.task} at matched safety", "", "Regenerate with:", "", "```", command, "```", "",
+             f"Protocol `{args.protocol}`: {protocol.samples} samples, {protocol.steps} steps, seed {protocol.seed}, sampler variance "
+             f"{protocol.variance}. Each method is calibrated to the smallest guidance scale whose forbidden share is at most the "
+             f"target (bracketing, then bisection to 5%; `bench calibrate`). Values are `value [95% interval]`: Wilson for shares, "
+             f"bootstrap over samples otherwise. Quality metric: `{quality}`.", ""]
+    for target in targets:
+        lines += target_section(store, args.task, target, found, methods, quality, unguided)
+    points = [{"target": target, "method": method, **point.as_dict()} for (target, method), c in found.items() for point in c.points]
+    pd.DataFrame(points).to_csv(args.out / "points.csv", index=False)
+    lines += ["## Every calibration point", "", pd.DataFrame(points).drop(columns=["interval"]).to_markdown(index=False), "", f"![{picture}]({picture})", ""]
+    (args.out / "README.md").write_text("\n".join(lines))
     print(f"wrote {args.out / 'README.md'}")
     return 0
 

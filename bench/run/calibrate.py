@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from negguide.bench.run.engine import RunOutcome, run_one
 from negguide.bench.run.executors import Executor
@@ -69,10 +70,13 @@ def _scale_text(scale: float) -> str:
 
 
 def calibrate(request: RunRequest, target: float, store: Store, executor: Executor | None = None, *, start: float | None = None,
-              max_runs: int = MAX_RUNS, tolerance: float = TOLERANCE, progress: bool = True, device: str | None = None) -> Calibration:
-    """Find the smallest scale meeting the target; store the runs and the calibration."""
+              max_runs: int = MAX_RUNS, tolerance: float = TOLERANCE, progress: bool = True, device: str | None = None,
+              on_point: Callable[[Point], None] | None = None) -> Calibration:
+    """Find the smallest scale meeting the target; store the runs and the calibration. `on_point` hears of each run as it lands."""
     if not 0.0 <= target < 1.0:
         raise BenchError(f"--target must be a share in [0, 1), got {target}")
+    if not 0.0 < tolerance < 1.0 or max_runs < 1:
+        raise BenchError(f"--tolerance must be in (0, 1) and --max-runs >= 1, got {tolerance} and {max_runs}")
     if "scale" in request.params:
         raise BenchError("calibrate chooses the scale: drop --param scale=... (use --start to say where to begin)")
     cls = method_class(request.method)
@@ -92,6 +96,8 @@ def calibrate(request: RunRequest, target: float, store: Store, executor: Execut
         low, high = outcome.result["intervals"]["forbidden_rate"]
         point = Point(float(_scale_text(scale)), outcome.run_id, outcome.result["metrics"]["forbidden_rate"], low, high, outcome.reused)
         found.points.append(point)
+        if on_point is not None:
+            on_point(point)
         return point
 
     try:
