@@ -68,6 +68,9 @@ def target_section(store: Store, task: str, target: float, found: dict, methods:
                  "KL": _ci(m["kl_classes"], *i["kl_classes"]), quality: _ci(m[quality], *i[quality]), "monotone": "", "runs": 1,
                  "run": unguided["run_id"]})
     lines = [f"## Target: forbidden share <= {target:g}", "", pd.DataFrame(rows).fillna("-").to_markdown(index=False), ""]
+    missed = [LABELS.get(m, m) for m in methods if found[(target, m)].chosen is None]
+    if missed:
+        lines += [f"Not reached ({', '.join(missed)}): no scale tried met the target within the run budget (every point below).", ""]
     if REFERENCE_METHOD in chosen:
         lines += ["Paired differences against DNG at this target (other minus DNG, same noise; 95% paired-bootstrap interval; "
                   "* where it excludes 0):", ""]
@@ -113,6 +116,8 @@ def plot(found: dict, store: Store, quality: str, unguided: dict, targets: list[
     ax.set_xlabel("forbidden share (%)")
     ax.set_ylabel(quality)
     ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0.0)
+    ax.set_yscale("log")  # distances span decades when a method over-steers
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

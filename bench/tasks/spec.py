@@ -177,6 +177,7 @@ class Task:
             "protocols": {k: v.describe(self.metrics) for k, v in self.protocols.items()},
             "schedule": self.schedule.as_dict(),
             "headline": self.headline(),
+            "digests": self.digests(),
             **self.details(),
         }
 
