@@ -53,13 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="bench", description="Benchmark harness for negative guidance in diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    p = sub.add_parser("list", help="list methods, tasks or metrics")
-    p.add_argument("what", choices=["methods", "tasks", "metrics"])
+    p = sub.add_parser("list", help="list methods, tasks, metrics or suites")
+    p.add_argument("what", choices=["methods", "tasks", "metrics", "suites"])
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("describe", help="describe one task or method")
+    p = sub.add_parser("describe", help="describe one task or method (a method's card)")
     p.add_argument("kind", choices=["task", "method"])
     p.add_argument("name")
+    p.add_argument("--db", type=Path, help="the store to read a method's submitter and run provenance from")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("run", help="run one method on one task, beside the unguided run on the same noise, and store both")
@@ -73,6 +74,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, help="first scale to try (default: the method's default scale)")
     p.add_argument("--max-runs", type=int, default=12, help="run budget of the search (default 12)")
     p.add_argument("--tolerance", type=float, default=0.05, help="stop bisecting when the bracket is this narrow, relative (default 0.05)")
+
+    p = sub.add_parser("submit", help="run a suite for a method, calibrated to each target, and write one result bundle")
+    p.add_argument("method", help="method name, installed entry point, or path/to/file.py:ClassName")
+    p.add_argument("--suite", required=True, help="`bench list suites`")
+    p.add_argument("--out", type=Path, required=True, help="the bundle to write (.zip)")
+    p.add_argument("--name", default="anonymous", help="who submits (shown beside the results)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="fixed method parameter (the scale is calibrated)")
+    p.add_argument("--db", type=Path)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--ray-address")
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("import", help="validate a result bundle and store its runs as self-reported (runs no submitted code)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--db", type=Path)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("verify", help="re-draw random shards of a bundle with its method (runs the submitted code) and compare")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--shards", type=int, default=2, help="shards re-drawn per run (default 2)")
+    p.add_argument("--db", type=Path)
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("compare", help="two runs on the same noise: both values and the paired difference, with intervals")
     p.add_argument("run_a")
@@ -105,6 +131,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         from negguide.bench.tasks import all_tasks
 
         table = {name: task.description for name, task in sorted(all_tasks().items())}
+    elif args.what == "suites":
+        from negguide.bench.submit import SUITES
+
+        table = {name: f"v{s.version}: {s.description}; " + ", ".join(f"{e.task} ({e.protocol}" + (f", targets {'/'.join(map(str, e.targets))})" if e.targets else ")")
+                                                                     for e in s.entries) for name, s in SUITES.items()}
     else:
         from negguide.metrics.base import METRICS
 
@@ -124,10 +155,15 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
         info = get_task(args.name).describe()
     else:
-        from negguide.methods.registry import method_class, parameter_table
+        from negguide.methods.registry import method_card
 
-        cls = method_class(args.name)
-        info = {"name": cls.name, "summary": cls.summary, "needs": list(cls.needs), "parameters": parameter_table(cls)}
+        info = method_card(args.name)
+        store = _store(args)
+        if store.exists():
+            store.check(writing=False)
+            info["submitted_by"] = store.info("method_info", info["name"]).get("submitter")
+            provenance = store.runs().query("method == @info['name']")["provenance"].value_counts().to_dict() if not store.runs().empty else {}
+            info["runs_in_store"] = provenance
     print(json.dumps(info, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
     return 0
 
@@ -255,6 +291,54 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from negguide.bench.submit import get_suite, submit
+
+    suite = get_suite(args.suite)
+    executor = _executor(args)
+    try:
+        path, runs = submit(args.method, suite, args.out, _store(args), submitter=args.name, params=_key_values(args.param),
+                            executor=executor, progress=not args.no_progress)
+    finally:
+        executor.close()
+    if args.json:
+        print(json.dumps({"bundle": str(path), "runs": runs}))
+    else:
+        print(f"wrote {path}: {len(runs)} runs of {args.method} on suite {suite.name} v{suite.version}; "
+              f"`bench import {path}` stores them elsewhere, `bench verify {path}` re-draws them")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from negguide.bench.submit import import_bundle
+
+    runs = import_bundle(args.bundle, _store(args))
+    if args.json:
+        print(json.dumps({"runs": runs, "status": "self-reported"}))
+    else:
+        print(f"imported {len(runs)} runs from {args.bundle} as self-reported: {', '.join(runs)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from negguide.bench.submit import verify_bundle
+
+    if args.shards < 1:
+        raise BenchError(f"--shards must be >= 1, got {args.shards}")
+    if not args.json:
+        print(f"verify runs the method code carried by {args.bundle} on this machine, to re-draw {args.shards} shard(s) per run", flush=True)
+    result = verify_bundle(args.bundle, _store(args), args.shards, device=args.device)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    elif result.verified:
+        print(f"verified: {result.checked_shards} shards re-drawn match the bundle; runs {', '.join(result.runs)} are marked verified where stored")
+    if not result.verified:
+        if not args.json:
+            print(f"error: not verified: {result.mismatch}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from negguide.bench.run.compare import compare_runs, comparison_table
 
@@ -327,6 +411,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": cmd_list, "describe": cmd_describe, "run": cmd_run, "sweep": cmd_sweep, "calibrate": cmd_calibrate, "compare": cmd_compare,
+            "submit": cmd_submit, "import": cmd_import, "verify": cmd_verify,
             "leaderboard": cmd_leaderboard,
             "train": cmd_train, "dashboard": cmd_dashboard}
 

@@ -22,7 +22,7 @@ SWEEP_COMMAND = "bench sweep --method dng --task gmm1d-remove-1 --param scale=0.
 # The columns of the `runs` table; every other column of Store.wide() is a metric.
 RUN_FIELDS = ("run_id", "task", "task_version", "method", "params", "profile", "seed", "samples", "steps", "sweep_id",
               "config", "git_commit", "packages", "timings", "started_at", "finished_at", "wall_seconds", "status",
-              "artifacts_dir", "protocol", "variance", "digests")
+              "artifacts_dir", "protocol", "variance", "digests", "provenance", "submitter")
 INTERVAL_SUFFIXES = ("__low", "__high")  # Store.wide(intervals=True): <metric>__low, <metric>__high
 DISPLAY_FIELDS = ("rank", "safe", "scale", "setting", "line", "date", "commit")  # added by build_board
 HEADLINE_FIRST = ("forbidden_rate", "kl_classes")  # shown before the quality metric on every page
@@ -179,7 +179,7 @@ def leaderboard_view(rows: pd.DataFrame, quality_metric: str) -> pd.DataFrame:
     ordered = [m for m in HEADLINE_FIRST if m in metrics] + ([quality_metric] if quality_metric in metrics else [])
     ordered += [m for m in metrics if m not in ordered]
     ordered = [m for m in ordered if rows[m].notna().any()]  # e.g. posterior_mae only when a run tracks one
-    columns = ["rank", "method", "setting", "safe", *ordered, "samples", "steps", "protocol", "date", "commit", "run_id"]
+    columns = ["rank", "method", "setting", "safe", *ordered, "samples", "steps", "protocol", "provenance", "date", "commit", "run_id"]
     view = rows[columns].reset_index(drop=True)
     for metric in ordered:  # every metric with its 95% interval, as text
         view[metric] = [with_interval(v, *interval_of(r, metric)) for v, (_, r) in zip(rows[metric], rows.iterrows())]

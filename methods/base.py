@@ -46,6 +46,7 @@ class GuidanceMethod:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    reference: ClassVar[str] = ""  # the paper and the reference code
     needs: ClassVar[tuple[str, ...]] = ("uncond", "neg")
     Params: ClassVar[type[Params]] = Params
     window_in_config: ClassVar[bool] = False  # True where the window is the method's own idea (np-interval)

@@ -39,6 +39,7 @@ class DNGParams(Params):
 
 class DynamicNegativeGuidance(GuidanceMethod):
     name = "dng"
+    reference = "Koulischer et al. 2025 (ICLR), Algorithms 1-2; code: github.com/FelixKoulischer/Dynamic-Negative-Guidance (gen_batch_DNG)"
     summary = "Dynamic Negative Guidance: scale * p/(1-p) with a posterior tracked along the chain"
     Params = DNGParams
 

@@ -9,6 +9,7 @@ from negguide.methods.schedule import Step
 
 class NegativePrompting(GuidanceMethod):
     name = "np"
+    reference = "Koulischer et al. 2025, Eq. 6; code: github.com/FelixKoulischer/Dynamic-Negative-Guidance (gen_batch_NP)"
     summary = "Negative Prompting: constant repulsion from the negative prediction"
 
     def guide(self, step: Step, preds: Predictions, state: State) -> tuple[torch.Tensor, State]:
@@ -24,5 +25,6 @@ class IntervalNegativePrompting(NegativePrompting):
     """
 
     name = "np-interval"
+    reference = "Kynkäänniemi et al. 2024 (guidance in a limited interval), applied to NP"
     summary = "Negative Prompting restricted to a timestep interval [t_low, t_high]"
     window_in_config = True

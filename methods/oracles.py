@@ -17,6 +17,7 @@ class ExactDNG(GuidanceMethod):
     """DNG with the exact posterior p_t(c-|x_t): lam = scale * p/(1-p) (paper Eq. 10)."""
 
     name = "dng-exact"
+    reference = "Koulischer et al. 2025, Eq. 10 and 17 (exact tasks, Appendix B)"
     summary = "DNG with the exact posterior (exact tasks only)"
     needs = ("uncond", "neg", "posterior_logit")
 
@@ -31,6 +32,7 @@ class RememberCFG(GuidanceMethod):
     """Positive CFG towards the to-remember distribution: eps_u + scale * (eps_r - eps_u)."""
 
     name = "cfg-remember"
+    reference = "Ho & Salimans 2022 (CFG) towards the to-remember mixture; Koulischer et al. 2025, Eq. 17"
     summary = "positive CFG towards the to-remember modes (exact tasks only)"
     needs = ("uncond", "remember")
 

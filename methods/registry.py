@@ -22,7 +22,7 @@ from negguide.methods.errors import BenchError, did_you_mean
 
 T = TypeVar("T")
 METHOD_GROUP = "negguide.methods"
-_BUILTIN_METHOD_MODULES = ("unguided", "negative_prompting", "sld", "sld_diffusers", "dng", "oracles")
+_BUILTIN_METHOD_MODULES = ("unguided", "negative_prompting", "sld", "sld_diffusers", "dng", "oracles", "np_delayed", "apg", "sega", "perp_neg")
 
 
 class Registry(Generic[T]):
@@ -149,6 +149,20 @@ def parameter_table(cls: type[GuidanceMethod]) -> list[dict]:
     """Each parameter's name, type and default, for `bench describe method`."""
     hints = typing.get_type_hints(cls.Params)
     return [{"name": f.name, "type": hints[f.name].__name__, "default": f.default} for f in dataclasses.fields(cls.Params)]
+
+
+def method_card(spec: str) -> dict:
+    """What a method is: name, summary, formula (its docstring), predictions per step, parameters, reference."""
+    import inspect
+
+    cls = method_class(spec)
+    module = inspect.getmodule(cls)
+    formula = inspect.cleandoc(cls.__doc__ or (module.__doc__ if module else "") or "")
+    return {"name": cls.name, "summary": cls.summary, "formula": formula, "needs": list(cls.needs),
+            "cost": f"{len(cls.needs)} predictions per step (network evaluations per image: {len(cls.needs)} x steps; "
+                    "text-to-image tasks add the empty prompt for positive CFG)",
+            "parameters": parameter_table(cls), "reference": cls.reference or "(none given)",
+            "source": "built-in" if cls.__module__.startswith("negguide.methods.") else (spec if is_file_spec(spec) else cls.__module__)}
 
 
 def _parse_value(name: str, text: str, kind: type) -> object:

@@ -33,6 +33,7 @@ class SLDParams(Params):
 
 class SafeLatentDiffusion(GuidanceMethod):
     name = "sld"
+    reference = "Schramowski et al. 2023 (SLD) as adapted in Koulischer et al. 2025; code: FelixKoulischer/Dynamic-Negative-Guidance (gen_batch_SLD)"
     summary = "Safe Latent Diffusion: masked, momentum-accelerated negative guidance"
     Params = SLDParams
 

@@ -71,6 +71,7 @@ class DiffusersSLDParams(Params):
 
 class DiffusersSLD(GuidanceMethod):
     name = "sld-sd"
+    reference = "Schramowski et al. 2023; code: diffusers StableDiffusionPipelineSafe"
     summary = "Safe Latent Diffusion as in diffusers' StableDiffusionPipelineSafe (presets weak/medium/strong/max)"
     needs = ("uncond", "neg", "null")
     Params = DiffusersSLDParams

@@ -9,6 +9,7 @@ from negguide.methods.schedule import Step
 
 class Unguided(GuidanceMethod):
     name = "none"
+    reference = "Ho et al. 2020 (DDPM ancestral sampling)"
     summary = "unguided sampling of the unconditional model"
     needs = ("uncond",)
 

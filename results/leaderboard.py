@@ -20,7 +20,7 @@ from negguide.metrics.base import METRICS
 from negguide.results.store import Store
 
 DEFAULT_TARGET = 0.01
-COLUMNS = ["rank", "task", "method", "params", "protocol", "safe", "forbidden_rate", "kl_classes"]
+COLUMNS = ["rank", "task", "method", "params", "protocol", "provenance", "safe", "forbidden_rate", "kl_classes"]
 
 
 def _short_params(text: str) -> str:
@@ -86,6 +86,7 @@ def leaderboard_table(store: Store, task: str | None = None, exploratory: bool =
         quality, threshold = headline_of(store, task_name)
         frames.append(rank_runs(runs, quality, threshold))
     table = pd.concat(frames)
+    table["rank"] = table["rank"].astype(int)
     table["params"] = table["params"].map(_short_params)
     table["protocol"] = table["protocol"].fillna("exploratory")
     table["date"] = pd.to_datetime(table["finished_at"]).dt.strftime("%Y-%m-%d %H:%M")

@@ -43,7 +43,9 @@ CREATE TABLE IF NOT EXISTS runs (
     artifacts_dir VARCHAR,
     protocol VARCHAR,
     variance VARCHAR,
-    digests VARCHAR
+    digests VARCHAR,
+    provenance VARCHAR,
+    submitter VARCHAR
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR NOT NULL,
@@ -113,7 +115,10 @@ MIGRATIONS = (
     "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS low DOUBLE",
     "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS high DOUBLE",
     "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS interval VARCHAR",
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS provenance VARCHAR",
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS submitter VARCHAR",
 )
+PROVENANCES = ("run here", "self-reported", "verified")
 
 
 def default_db_path() -> Path:
@@ -149,6 +154,8 @@ class RunRecord:
     protocol: str | None = None  # the protocol the run satisfies; None: exploratory
     variance: str = "beta_tilde"  # the sampler's noise variance
     digests: dict = field(default_factory=dict)  # content digests of the judge and the reference
+    provenance: str = "run here"  # or "self-reported" (imported from a bundle), "verified" (imported, then re-drawn and matched)
+    submitter: str | None = None
     task_info: dict = field(default_factory=dict)  # headline, family, classes, metrics (Task.describe without details)
     method_info: dict = field(default_factory=dict)  # summary, needs, parameter defaults
 
@@ -242,6 +249,19 @@ class Store:
 
         self._transaction(write)
 
+    def write_runs(self, records: list[RunRecord]) -> None:
+        """Several runs in one transaction (an imported bundle): all of them or none."""
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            for record in records:
+                for table in TABLES:
+                    con.execute(f"DELETE FROM {table} WHERE run_id = ?", [record.run_id])
+                self._insert(con, record)
+
+        self._transaction(write)
+
+    def mark_verified(self, run_ids: list[str]) -> None:
+        self._transaction(lambda con: con.executemany("UPDATE runs SET provenance = 'verified' WHERE run_id = ?", [[r] for r in run_ids]))
+
     def write_calibration(self, record: CalibrationRecord) -> None:
         def write(con: duckdb.DuckDBPyConnection) -> None:
             con.execute("DELETE FROM calibrations WHERE calibration_id = ?", [record.calibration_id])
@@ -285,12 +305,12 @@ class Store:
     def _insert(con: duckdb.DuckDBPyConnection, r: RunRecord) -> None:
         con.execute(
             "INSERT INTO runs (run_id, task, task_version, method, params, profile, seed, samples, steps, sweep_id, config, git_commit, "
-            "packages, timings, started_at, finished_at, wall_seconds, status, artifacts_dir, protocol, variance, digests) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), to_timestamp(?), ?, ?, ?, ?, ?, ?)",
+            "packages, timings, started_at, finished_at, wall_seconds, status, artifacts_dir, protocol, variance, digests, provenance, submitter) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), to_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?)",
             [r.run_id, r.task, r.task_version, r.method, json.dumps(r.params, sort_keys=True), r.profile, r.seed, r.samples, r.steps,
              r.sweep_id, json.dumps(r.config, sort_keys=True), r.git_commit, json.dumps(r.packages, sort_keys=True),
              json.dumps(r.timings), r.started_at, r.finished_at, r.finished_at - r.started_at, r.status, r.artifacts_dir,
-             r.protocol, r.variance, json.dumps(r.digests, sort_keys=True)],
+             r.protocol, r.variance, json.dumps(r.digests, sort_keys=True), r.provenance, r.submitter],
         )
         if r.metrics:
             con.executemany("INSERT INTO metrics (run_id, name, value, higher_is_better, samples, low, high, interval) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -328,7 +348,10 @@ class Store:
 
     def runs(self, task: str | None = None) -> pd.DataFrame:
         where, params = ("WHERE task = ?", [task]) if task else ("", [])
-        return _with_columns(self.query(f"SELECT * FROM runs {where} ORDER BY finished_at", params), ("protocol", "variance", "digests"))
+        runs = _with_columns(self.query(f"SELECT * FROM runs {where} ORDER BY finished_at", params), ("protocol", "variance", "digests", "submitter"))
+        runs = _with_columns(runs, ("provenance",))
+        runs["provenance"] = runs["provenance"].fillna("run here")  # runs stored before provenance was kept were run here
+        return runs
 
     def metrics(self, run_ids: list[str] | None = None) -> pd.DataFrame:
         if run_ids is not None and not run_ids:

@@ -16,6 +16,7 @@ from negguide.bench.tasks import Task, TaskOptions, get_task
 from negguide.bench.tasks.spec import VARIANCES
 from negguide.methods.errors import BenchError
 from negguide.methods.registry import MethodSpec
+from negguide.results.bundle import config_run_id
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class ResolvedRun:
 
     @property
     def run_id(self) -> str:
-        return hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:16]
+        return config_run_id(self.config)
 
     @property
     def metrics(self) -> tuple[str, ...]:
