@@ -21,7 +21,7 @@ from negguide.results.artifacts import image_grid_png
 from negguide.results.leaderboard import DEFAULT_TARGET, matched_safety_table
 from negguide.results.store import Store
 
-PAGES = ("Leaderboard", "Curves", "Run detail", "Compare")
+PAGES = ("Leaderboard", "Curves", "Run detail", "Compare", "Methods")
 CACHE_SECONDS = 5.0  # new runs show up within this long without a manual refresh
 READ_ATTEMPTS = 3
 COMPARE_IMAGES = 64
@@ -328,6 +328,22 @@ def compare_page(db: Path, rows: pd.DataFrame, info: data.TaskInfo) -> None:
         left.pyplot(plots.paired_shift_figure(xa[:n], xb[:n], labels))
 
 
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def cached_method_cards(db: str) -> pd.DataFrame:
+    return data.method_cards(Store(db))
+
+
+def methods_page(db: Path) -> None:
+    st.header("Methods")
+    st.markdown("Every method with runs in this store: what it computes, the predictions it asks for each step (its cost in "
+                "network evaluations), who submitted it, and how its runs came here: **run here**, **self-reported** (imported "
+                "from a bundle: validated, metrics recomputed from its per-sample records, its code not run) or **verified** "
+                "(imported, then shards re-drawn here with its code and matched). `bench describe method NAME` prints the full card.")
+    cards = read(cached_method_cards, str(db))
+    if cards is not None:
+        st.dataframe(cards, hide_index=True)
+
+
 # ---- main ---------------------------------------------------------------------------------
 
 def main() -> None:
@@ -347,6 +363,8 @@ def main() -> None:
     rows = data.filter_board(board, info, methods, profiles)
     if page == "Leaderboard":
         leaderboard_page(db, rows, info)
+    elif page == "Methods":
+        methods_page(db)
     elif rows.empty:
         st.info("No run of this task matches the filters.")
     elif page == "Curves":

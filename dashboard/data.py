@@ -330,3 +330,20 @@ def compare_metrics(a: pd.Series, b: pd.Series, names: Sequence[str], paired: pd
             row["paired 95% CI of B - A"] = f"[{f.diff_low:.4g}, {f.diff_high:.4g}]" + (" *" if not f.diff_low <= 0 <= f.diff_high else "")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ---- methods ------------------------------------------------------------------------------
+
+def method_cards(store: Store) -> pd.DataFrame:
+    """One card per method in the store: what it is (as its runs recorded it), who submitted it, how its runs were made."""
+    runs = store.runs()
+    if runs.empty:
+        return pd.DataFrame(columns=["method", "summary", "predictions per step", "submitted by", "run here", "self-reported", "verified", "defaults"])
+    rows = []
+    for method, group in runs.groupby("method", sort=True):
+        info = store.info("method_info", method)
+        counts = group["provenance"].value_counts()
+        rows.append({"method": method, "summary": info.get("summary", ""), "predictions per step": ", ".join(info.get("needs", [])),
+                     "submitted by": info.get("submitter") or "", **{p: int(counts.get(p, 0)) for p in ("run here", "self-reported", "verified")},
+                     "defaults": ", ".join(f"{k}={_format_value(v)}" for k, v in sorted(info.get("defaults", {}).items()))})
+    return pd.DataFrame(rows)

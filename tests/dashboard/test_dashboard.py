@@ -202,3 +202,14 @@ def test_launch_command_passes_the_store():
     assert command[command.index("--server.headless") + 1] == "true"
     assert command[command.index("--browser.gatherUsageStats") + 1] == "false"
     assert command[-3:] == ["--", "--db", "/data/bench.duckdb"]
+
+
+def test_methods_page_lists_cards_with_provenance(app):
+    at = app().run()
+    at.sidebar.radio(key="page").set_value("Methods").run()
+    _no_errors(at)
+    cards = at.dataframe[0].value
+    assert {"none", "np", "dng", "dng-exact"} <= set(cards.method)
+    dng = cards[cards.method == "dng"].iloc[0]
+    assert dng["run here"] >= 1 and dng["self-reported"] == 0 and "prior=0.25" in dng["defaults"]
+    assert dng["predictions per step"] == "uncond, neg"

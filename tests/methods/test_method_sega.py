@@ -220,6 +220,7 @@ def test_momentum_builds_during_warmup_and_decays_after_cooldown():
     e = -(preds["neg"] - preds["uncond"]) * p.s_e
     e = torch.where(quantile_mask(e, p.threshold), e, torch.zeros_like(e))
     mom = torch.zeros(shape, dtype=torch.float64)
+    before = mom
     for step in CHAIN[:12]:
         eps, state = method.step(step, preds, state)
         term = e if step.index < 7 else torch.zeros_like(e)

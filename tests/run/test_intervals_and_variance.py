@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import draw, labels_of
 from scipy.stats import norm
 
-from conftest import draw, labels_of
 from negguide.bench import noise
 from negguide.bench.tasks import get_task
 from negguide.metrics.intervals import Statistic, bootstrap, paired_difference, wilson

@@ -18,12 +18,12 @@ import torch
 
 from negguide.bench import train_cifar10
 from negguide.bench.cli import main as bench_main
-from negguide.bench.tasks.spec import judge
-from negguide.metrics.frechet import FeatureStats
 from negguide.bench.run.shards import clear_runtimes
+from negguide.bench.tasks.spec import judge
 from negguide.datasets import cifar10
 from negguide.methods.errors import BenchError
 from negguide.methods.schedule import Schedule
+from negguide.metrics.frechet import FeatureStats
 
 ENV_VARS = ("BENCH_CIFAR10_DDPM", "BENCH_CIFAR10_FORGET", "BENCH_CIFAR10_FORGET_0", "BENCH_CIFAR10_CLASSIFIER", "BENCH_CIFAR10_ROOT")
 PERMUTATION = [3, 1, 0, 2, 4, 5, 6, 7, 9, 8]  # the classifier's output order differs from CIFAR-10's on purpose
