@@ -219,7 +219,7 @@ def curves_page(rows: pd.DataFrame, info: data.TaskInfo) -> None:
     if points.empty or points.forbidden_rate.isna().all():
         st.info("No run of this task has a forbidden share yet.")
         return
-    st.altair_chart(plots.curves_chart(points, info.quality_metric, info.threshold), use_container_width=True)
+    st.altair_chart(plots.curves_chart(points, info.quality_metric, info.threshold), width="stretch")
     st.caption("Error bars: 95% intervals (Wilson for the forbidden share, bootstrap over samples otherwise). Hover a point for its run.")
     with st.expander("Points"):
         st.dataframe(points, hide_index=True)

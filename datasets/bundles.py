@@ -3,6 +3,9 @@
 Two forms (paper §4.1): one class-conditional network with a null label, which gives the
 unconditional and the to-forget prediction in one batched forward; or two networks, an
 unconditional one and one trained only on the forbidden class (CIFAR-10 in the paper).
+
+A class-conditional bundle may also carry a `NegationKernel`: predictions from a set of real
+forbidden examples (the negation set of Kim et al. 2025), computed without the network.
 """
 from __future__ import annotations
 
@@ -20,23 +23,81 @@ def _eps(model: nn.Module, x: torch.Tensor, t: int, labels: torch.Tensor | None 
     return out.sample if hasattr(out, "sample") else out
 
 
-class ConditionalBundle:
-    """One class-conditional network: `uncond` is the null label, `neg` the removed class."""
+class NegationKernel:
+    """Gaussian-kernel predictions from a negation set {x_n} (N examples) and a kept reference set {y_m} (M).
 
-    def __init__(self, model: nn.Module, null_label: int, removed: int):
-        self.model, self.null_label, self.removed = model, null_label, removed
+    With the variance-preserving forward process q_t(x_t | x0) = N(x_t; sqrt(abar) x0, (1 - abar) I) and the
+    empirical distribution uniform over the N + M reference points, every quantity below is exact for that
+    distribution (Kim et al. 2025, Eq. 6: the kernel estimate of the unsafe denoiser):
+
+      k(x_t, x)        = exp(-|x_t - sqrt(abar) x|^2 / (2 (1 - abar)))             (the Gaussian normaliser cancels)
+      w_n(x_t)         = k(x_t, x_n) / sum_n' k(x_t, x_n')                          (over the negation set)
+      negation         = (x_t - sqrt(abar) sum_n w_n x_n) / sqrt(1 - abar)
+                         the noise prediction of E[x0 | x_t, x0 in negation set]
+      negation_logit   = log sum_n k(x_t, x_n) - log sum_m k(x_t, y_m)
+                         = log P(x0 in negation | x_t) - log P(x0 not in negation | x_t) = log beta*(x_t) (Eq. 5)
+
+    Sums are log-sum-exps in float64 (the |x_t|^2 term, common to every kernel, is dropped before them);
+    both sets stay on the device they were given on. Cost per call: one [B, D] x [D, N + M] product.
+    """
+
+    names = ("negation", "negation_logit")
+
+    def __init__(self, negation: torch.Tensor, kept: torch.Tensor):
+        self.negation = negation.reshape(len(negation), -1).double()
+        self.kept = kept.reshape(len(kept), -1).double()
+        self._negation_sq = (self.negation**2).sum(1)
+        self._kept_sq = (self.kept**2).sum(1)
+
+    def _log_kernels(self, x: torch.Tensor, points: torch.Tensor, points_sq: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+        """log k(x_t, x) + |x_t|^2 / (2 (1 - abar)) for every pair: [B, len(points)]."""
+        a, var = alpha_bar**0.5, 1.0 - alpha_bar
+        return (2.0 * a * (x @ points.T) - alpha_bar * points_sq[None]) / (2.0 * var)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, step, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        unknown = set(names) - set(self.names)
+        if unknown:
+            raise KeyError(f"the negation kernel provides {', '.join(self.names)}, not {sorted(unknown)}")
+        x64 = x.reshape(len(x), -1).double()
+        log_neg = self._log_kernels(x64, self.negation, self._negation_sq, step.alpha_bar)
+        preds = {}
+        if "negation" in names:
+            x0 = torch.softmax(log_neg, dim=1) @ self.negation
+            eps = (x64 - step.alpha_bar**0.5 * x0) / (1.0 - step.alpha_bar) ** 0.5
+            preds["negation"] = eps.reshape(x.shape).to(x.dtype)
+        if "negation_logit" in names:
+            log_kept = self._log_kernels(x64, self.kept, self._kept_sq, step.alpha_bar)
+            preds["negation_logit"] = (torch.logsumexp(log_neg, dim=1) - torch.logsumexp(log_kept, dim=1)).to(x.dtype)
+        return {name: preds[name] for name in names}
+
+
+class ConditionalBundle:
+    """One class-conditional network: `uncond` is the null label, `neg` the removed class; with a
+    `NegationKernel`, also its `negation` and `negation_logit` (no network evaluation)."""
+
+    def __init__(self, model: nn.Module, null_label: int, removed: int, negation: NegationKernel | None = None):
+        self.model, self.null_label, self.removed, self.negation = model, null_label, removed, negation
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, step, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         labels = {"uncond": self.null_label, "neg": self.removed}
-        unknown = set(names) - set(labels)
+        from_kernel = self.negation.names if self.negation is not None else ()
+        unknown = set(names) - set(labels) - set(from_kernel)
         if unknown:
-            raise KeyError(f"this model bundle provides uncond and neg, not {sorted(unknown)}")
-        # All requested predictions in one batched forward: the inputs repeated, one label per copy.
-        batch = len(x)
-        label_tensor = torch.cat([torch.full((batch,), labels[n], dtype=torch.long, device=x.device) for n in names])
-        eps = _eps(self.model, x.repeat(len(names), *([1] * (x.dim() - 1))), step.t, label_tensor)
-        return dict(zip(names, eps.split(batch)))
+            raise KeyError(f"this model bundle provides {', '.join((*labels, *from_kernel))}, not {sorted(unknown)}")
+        network = tuple(n for n in names if n in labels)
+        kernel = tuple(n for n in names if n not in labels)
+        preds = {}
+        if network:
+            # All requested network predictions in one batched forward: the inputs repeated, one label per copy.
+            batch = len(x)
+            label_tensor = torch.cat([torch.full((batch,), labels[n], dtype=torch.long, device=x.device) for n in network])
+            eps = _eps(self.model, x.repeat(len(network), *([1] * (x.dim() - 1))), step.t, label_tensor)
+            preds.update(zip(network, eps.split(batch)))
+        if kernel:
+            preds.update(self.negation(x, step, kernel))
+        return {name: preds[name] for name in names}
 
 
 class TwoNetworkBundle:

@@ -111,21 +111,26 @@ GMM2D = GaussianMixture(
 
 
 class ExactDenoiser:
-    """Every prediction a method may ask for on a removal problem, in closed form."""
+    """Every prediction a method may ask for on a removal problem, in closed form.
+
+    `negation` and `negation_logit` are the negation-set predictions of safe-denoiser (Kim et al. 2025):
+    the eps of E[x0 | x_t, x0 in the negation set] and log P(x0 in it | x_t) - log P(x0 not in it | x_t).
+    Here the negation "set" is the exact forbidden mode, so they are `neg` and `posterior_logit` exactly.
+    """
 
     def __init__(self, problem: RemovalProblem):
         self.problem = problem
-        self._eps_sources = {"uncond": problem.mixture, "neg": problem.forget, "remember": problem.remember}
+        self._eps_sources = {"uncond": problem.mixture, "neg": problem.forget, "remember": problem.remember, "negation": problem.forget}
 
     def __call__(self, x: torch.Tensor, step, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         preds = {}
         for name in names:
-            if name == "posterior_logit":
+            if name in ("posterior_logit", "negation_logit"):
                 preds[name] = self.problem.posterior_logit(x, step.alpha_bar).to(x.dtype)
             elif name in self._eps_sources:
                 preds[name] = self._eps_sources[name].eps(x, step.alpha_bar)
             else:
-                raise KeyError(f"exact Gaussian-mixture tasks provide {sorted(self._eps_sources) + ['posterior_logit']}, not {name!r}")
+                raise KeyError(f"exact Gaussian-mixture tasks provide {sorted(self._eps_sources) + ['negation_logit', 'posterior_logit']}, not {name!r}")
         return preds
 
     def exact_posterior(self, x: torch.Tensor, step) -> dict[str, torch.Tensor]:

@@ -60,6 +60,20 @@ def mnist_splits() -> dict[str, np.ndarray]:
     }
 
 
+def negation_split(removed: int) -> dict[str, np.ndarray]:
+    """Index arrays of the real digits a negation-set method may use when class `removed` is forgotten.
+
+    `negation`: the removed class's digits in `classifier_train` (400); `kept`: the other classes'
+    digits in `classifier_train` (9 x 400). Both come from the classifier's training split only, so
+    none of the judge's `classifier_test` digits is ever used to guide sampling.
+    """
+    if not 0 <= removed < N_CLASSES:
+        raise ValueError(f"removed must be a class in [0, {N_CLASSES}), got {removed}")
+    _, labels = _load_cached()
+    train = mnist_splits()["classifier_train"]
+    return {"negation": train[labels[train] == removed], "kept": train[labels[train] != removed]}
+
+
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Map uint8 images [N,28,28] or [N,1,28,28] to a float tensor [N,1,28,28] in [-1, 1]."""
     t = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)

