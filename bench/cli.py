@@ -161,9 +161,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
         store = _store(args)
         if store.exists():
             store.check(writing=False)
+            runs = store.runs()
             info["submitted_by"] = store.info("method_info", info["name"]).get("submitter")
-            provenance = store.runs().query("method == @info['name']")["provenance"].value_counts().to_dict() if not store.runs().empty else {}
-            info["runs_in_store"] = provenance
+            info["runs_in_store"] = runs[runs.method == info["name"]]["provenance"].value_counts().to_dict() if not runs.empty else {}
     print(json.dumps(info, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
     return 0
 

@@ -168,3 +168,10 @@ def test_suites_are_listed(capsys):
     assert bench_main(["list", "suites"]) == 0
     out = capsys.readouterr().out
     assert "smoke" in out and "mnist-remove-0 (standard, targets 0.01)" in out and "paper" in out
+
+
+def test_a_method_card_names_formula_cost_and_reference(capsys, tmp_path):
+    card = cli_json(capsys, "describe", "method", "dng", "--db", str(tmp_path / "none.duckdb"))
+    assert card["formula"].startswith("Dynamic Negative Guidance") and "Algorithms 1-2" in card["reference"]
+    assert card["needs"] == ["uncond", "neg"] and "2 predictions per step" in card["cost"]
+    assert {p["name"] for p in card["parameters"]} >= {"scale", "prior", "tau", "t_low", "t_high"}
