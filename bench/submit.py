@@ -30,7 +30,7 @@ from negguide.bench.run.plan import ShardJob
 from negguide.bench.run.shards import draw_shard, pick_device, runtime_for
 from negguide.bench.tasks import get_task
 from negguide.methods.errors import BenchError, did_you_mean
-from negguide.methods.registry import MethodSpec, is_file_spec, method_class, parameter_table
+from negguide.methods.registry import NETWORK_PREDICTIONS, MethodSpec, is_file_spec, method_class, parameter_table
 from negguide.results.artifacts import read_npz, write_bytes_atomic, write_npz_atomic
 from negguide.results.bundle import (
     CalibrationEntry,
@@ -107,7 +107,8 @@ def _run_entry(store: Store, run_id: str, calibration: CalibrationEntry | None, 
         traces[r.name]["t"].append(int(r.t))
         traces[r.name]["mean"].append(float(r.mean))
     task = get_task(result["task"])
-    predictions = len(set(method_class(config["method_spec"]).needs) | ({"null"} if task.family == "text-to-image" else set()))
+    network = set(method_class(config["method_spec"]).needs) & set(NETWORK_PREDICTIONS)
+    predictions = len(network | ({"null"} if task.family == "text-to-image" else set()))
     return RunEntry(run_id=run_id, task=result["task"], task_version=result["task_version"], protocol=result["protocol"], config=config,
                     seed=result["seed"], samples=result["samples"], steps=result["steps"], variance=result["variance"], params=result["params"],
                     metrics=metrics, digests=json.loads(row.digests) if isinstance(row.digests, str) else {}, traces_summary=traces,

@@ -22,7 +22,8 @@ from negguide.methods.errors import BenchError, did_you_mean
 
 T = TypeVar("T")
 METHOD_GROUP = "negguide.methods"
-_BUILTIN_METHOD_MODULES = ("unguided", "negative_prompting", "sld", "sld_diffusers", "dng", "oracles", "np_delayed", "apg", "sega", "perp_neg")
+NETWORK_PREDICTIONS = ("uncond", "neg", "null")  # predictions a denoising network computes; the others are exact or kernel quantities
+_BUILTIN_METHOD_MODULES = ("unguided", "negative_prompting", "sld", "sld_diffusers", "dng", "oracles", "np_delayed", "apg", "sega", "perp_neg", "safe_denoiser")
 
 
 class Registry(Generic[T]):
@@ -158,9 +159,11 @@ def method_card(spec: str) -> dict:
     cls = method_class(spec)
     module = inspect.getmodule(cls)
     formula = inspect.cleandoc(cls.__doc__ or (module.__doc__ if module else "") or "")
+    network = [name for name in cls.needs if name in NETWORK_PREDICTIONS]
     return {"name": cls.name, "summary": cls.summary, "formula": formula, "needs": list(cls.needs),
-            "cost": f"{len(cls.needs)} predictions per step (network evaluations per image: {len(cls.needs)} x steps; "
-                    "text-to-image tasks add the empty prompt for positive CFG)",
+            "cost": f"{len(network)} network predictions per step ({', '.join(network)}): network evaluations per image "
+                    f"{len(network)} x steps; text-to-image tasks add the empty prompt for positive CFG; other needs "
+                    "(exact or kernel quantities) cost no network call",
             "parameters": parameter_table(cls), "reference": cls.reference or "(none given)",
             "source": "built-in" if cls.__module__.startswith("negguide.methods.") else (spec if is_file_spec(spec) else cls.__module__)}
 

@@ -22,6 +22,14 @@ kernel estimate over real digits on MNIST). beta = 0 where exp(negation_logit) <
 timesteps are the window [t_low, t_high] every method has. It is Negative Prompting with a state-dependent
 scale beta*(x_t); with eta = 1 and the exact predictions of the gmm tasks it is the exact safe denoiser,
 i.e. eps_safe = the to-remember mixture's eps (and `dng-exact` with scale 1).
+
+Not from the paper: `beta_max` (beta* capped, P(x0 in B | x_t) <= beta_max / (1 + beta_max)); a kernel estimate
+of beta* late in the chain is a nearest-neighbour vote (|log beta*| up to ~1e6 on MNIST) and exp() would
+overflow. Where beta* is huge the result rests on eps_u - eps_B ~ (1 - P), which rounding loses even in float64.
+The paper's practical beta (the negation set's kernel density alone, times eta) is not used: in pixel space its
+log is about -1100 on MNIST all along the chain, so no constant eta makes it a weight; the tasks' log-odds use the
+kept data as the denominator instead (see NegationKernel). The reference code repels only on early timesteps
+(t >= 780 of 1000 for Stable Diffusion): pass t_low for that.
 """
 from __future__ import annotations
 

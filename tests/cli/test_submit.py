@@ -175,5 +175,5 @@ def test_a_method_card_names_formula_cost_and_reference(capsys, tmp_path):
     assert bench_main(["describe", "method", "dng", "--db", str(tmp_path / "none.duckdb"), "--json"]) == 0
     card = json.loads(capsys.readouterr().out)
     assert card["formula"].startswith("Dynamic Negative Guidance") and "Algorithms 1-2" in card["reference"]
-    assert card["needs"] == ["uncond", "neg"] and "2 predictions per step" in card["cost"]
+    assert card["needs"] == ["uncond", "neg"] and "2 network predictions per step" in card["cost"]
     assert {p["name"] for p in card["parameters"]} >= {"scale", "prior", "tau", "t_low", "t_high"}
