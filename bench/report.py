@@ -33,13 +33,15 @@ def _ci(value: float, low: float | None, high: float | None) -> str:
     return f"{value:.4g} [{low:.4g}, {high:.4g}]" if low is not None and high is not None else f"{value:.4g}"
 
 
-def calibrated(task: str, methods: list[str], targets: list[float], fixed: dict, protocol: str, store: Store, max_runs: int) -> dict:
+def calibrated(task: str, methods: list[str], targets: list[float], fixed: dict, protocol: str, store: Store, max_runs: int,
+               starts: dict, tolerance: float) -> dict:
     """(target, method) -> Calibration, every run stored."""
     found = {}
     for target in targets:
         for method in methods:
             request = RunRequest(task=task, method=method, params=dict(fixed.get(method, {})), protocol=protocol)
-            found[(target, method)] = calibrate(request, target, store, max_runs=max_runs, progress=False)
+            found[(target, method)] = calibrate(request, target, store, start=starts.get(method), max_runs=max_runs, tolerance=tolerance,
+                                                progress=False)
     return found
 
 
@@ -137,12 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="np,sld,dng")
     parser.add_argument("--fixed", type=json.loads, default={}, help="JSON {method: {param: value}} held fixed")
     parser.add_argument("--max-runs", type=int, default=12)
+    parser.add_argument("--starts", type=json.loads, default={}, help="JSON {method: first scale} (default: each method's default scale)")
+    parser.add_argument("--tolerance", type=float, default=0.05, help="relative width at which bisection stops (default 0.05)")
     args = parser.parse_args(argv)
     store = Store(args.db)
     store.check(writing=True)
     args.out.mkdir(parents=True, exist_ok=True)
     targets, methods = [float(t) for t in args.targets.split(",")], args.methods.split(",")
-    found = calibrated(args.task, methods, targets, args.fixed, args.protocol, store, args.max_runs)
+    found = calibrated(args.task, methods, targets, args.fixed, args.protocol, store, args.max_runs, args.starts, args.tolerance)
     base = RunRequest(task=args.task, method="none", protocol=args.protocol)
     unguided = run_one(resolve(base), store, progress=False).result
     quality, _ = headline_of(store, args.task)
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Results: {args.task} at matched safety", "", "Regenerate with:", "", "```", command, "```", "",
              f"Protocol `{args.protocol}`: {protocol.samples} samples, {protocol.steps} steps, seed {protocol.seed}, sampler variance "
              f"{protocol.variance}. Each method is calibrated to the smallest guidance scale whose forbidden share is at most the "
-             f"target (bracketing, then bisection to 5%; `bench calibrate`). Values are `value [95% interval]`: Wilson for shares, "
+             f"target (bracketing, then bisection to {args.tolerance:.0%} or {args.max_runs} runs; `bench calibrate`). Values are `value [95% interval]`: Wilson for shares, "
              f"bootstrap over samples otherwise. Quality metric: `{quality}`.", ""]
     for target in targets:
         lines += target_section(store, args.task, target, found, methods, quality, unguided)
