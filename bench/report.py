@@ -51,7 +51,7 @@ def result_of(store: Store, run_id: str) -> dict:
     return stored_result(store, run_id)
 
 
-def target_section(store: Store, task: str, target: float, found: dict, methods: list[str], quality: str, unguided: dict) -> list[str]:
+def target_section(store: Store, task: str, target: float, found: dict, methods: list[str], quality: str, unguided: dict | None) -> list[str]:
     rows, chosen = [], {}
     for method in methods:
         calibration: Calibration = found[(target, method)]
@@ -65,10 +65,11 @@ def target_section(store: Store, task: str, target: float, found: dict, methods:
                      "forbidden share": _ci(m["forbidden_rate"], *i["forbidden_rate"]), "KL": _ci(m["kl_classes"], *i["kl_classes"]),
                      quality: _ci(m[quality], *i[quality]), "monotone": "no" if calibration.violations else "yes", "runs": len(calibration.points),
                      "run": calibration.chosen.run_id})
-    m, i = unguided["metrics"], unguided["intervals"]
-    rows.append({"method": "unguided", "scale": "-", "forbidden share": _ci(m["forbidden_rate"], *i["forbidden_rate"]),
-                 "KL": _ci(m["kl_classes"], *i["kl_classes"]), quality: _ci(m[quality], *i[quality]), "monotone": "", "runs": 1,
-                 "run": unguided["run_id"]})
+    if unguided is not None:
+        m, i = unguided["metrics"], unguided["intervals"]
+        rows.append({"method": "unguided", "scale": "-", "forbidden share": _ci(m["forbidden_rate"], *i["forbidden_rate"]),
+                     "KL": _ci(m["kl_classes"], *i["kl_classes"]), quality: _ci(m[quality], *i[quality]), "monotone": "", "runs": 1,
+                     "run": unguided["run_id"]})
     lines = [f"## Target: forbidden share <= {target:g}", "", pd.DataFrame(rows).fillna("-").to_markdown(index=False), ""]
     missed = [LABELS.get(m, m) for m in methods if found[(target, m)].chosen is None]
     if missed:
@@ -91,7 +92,7 @@ def target_section(store: Store, task: str, target: float, found: dict, methods:
     return lines
 
 
-def plot(found: dict, store: Store, quality: str, unguided: dict, targets: list[float], out: Path) -> str:
+def plot(found: dict, store: Store, quality: str, unguided: dict | None, targets: list[float], out: Path) -> str:
     """Every calibration point: forbidden share against quality, 95% error bars both ways, one colour per method."""
     import matplotlib
 
@@ -112,7 +113,8 @@ def plot(found: dict, store: Store, quality: str, unguided: dict, targets: list[
         yerr = [[max(0.0, r["metrics"][quality] - r["intervals"][quality][0]) for r in points],
                 [max(0.0, r["intervals"][quality][1] - r["metrics"][quality]) for r in points]]
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=2, label=LABELS.get(method, method))
-    ax.plot([100 * unguided["metrics"]["forbidden_rate"]], [unguided["metrics"][quality]], "k*", markersize=14, label="unguided")
+    if unguided is not None:
+        ax.plot([100 * unguided["metrics"]["forbidden_rate"]], [unguided["metrics"][quality]], "k*", markersize=14, label="unguided")
     for target in targets:
         ax.axvline(100 * target, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("forbidden share (%)")
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-runs", type=int, default=12)
     parser.add_argument("--starts", type=json.loads, default={}, help="JSON {method: first scale} (default: each method's default scale)")
     parser.add_argument("--tolerance", type=float, default=0.05, help="relative width at which bisection stops (default 0.05)")
+    parser.add_argument("--no-unguided", action="store_true", help="leave out the unguided run (one more run of the protocol)")
     args = parser.parse_args(argv)
     store = Store(args.db)
     store.check(writing=True)
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     targets, methods = [float(t) for t in args.targets.split(",")], args.methods.split(",")
     found = calibrated(args.task, methods, targets, args.fixed, args.protocol, store, args.max_runs, args.starts, args.tolerance)
     base = RunRequest(task=args.task, method="none", protocol=args.protocol)
-    unguided = run_one(resolve(base), store, progress=False).result
+    unguided = None if args.no_unguided else run_one(resolve(base), store, progress=False).result
     quality, _ = headline_of(store, args.task)
     picture = plot(found, store, quality, unguided, targets, args.out)
     command = "python -m negguide.bench.report " + shlex.join(argv if argv is not None else sys.argv[1:])
