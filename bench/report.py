@@ -51,7 +51,15 @@ def result_of(store: Store, run_id: str) -> dict:
     return stored_result(store, run_id)
 
 
-def target_section(store: Store, task: str, target: float, found: dict, methods: list[str], quality: str, unguided: dict | None) -> list[str]:
+def is_smallest(calibration: Calibration, tolerance: float) -> str:
+    """Whether the chosen scale is bracketed from below within the tolerance (a budget-limited search may stop before)."""
+    chosen = calibration.chosen
+    below = [p.scale for p in calibration.points if p.scale < chosen.scale and p.forbidden > calibration.target]
+    return "yes" if below and (chosen.scale - max(below)) / chosen.scale <= tolerance + 1e-9 else "not established"
+
+
+def target_section(store: Store, task: str, target: float, found: dict, methods: list[str], quality: str, unguided: dict | None,
+                   tolerance: float) -> list[str]:
     rows, chosen = [], {}
     for method in methods:
         calibration: Calibration = found[(target, method)]
@@ -63,7 +71,8 @@ def target_section(store: Store, task: str, target: float, found: dict, methods:
         m, i = result["metrics"], result["intervals"]
         rows.append({"method": LABELS.get(method, method), "scale": f"{calibration.chosen.scale:.4g}",
                      "forbidden share": _ci(m["forbidden_rate"], *i["forbidden_rate"]), "KL": _ci(m["kl_classes"], *i["kl_classes"]),
-                     quality: _ci(m[quality], *i[quality]), "monotone": "no" if calibration.violations else "yes", "runs": len(calibration.points),
+                     quality: _ci(m[quality], *i[quality]), "monotone": "no" if calibration.violations else "yes",
+                     "smallest scale": is_smallest(calibration, tolerance), "runs": len(calibration.points),
                      "run": calibration.chosen.run_id})
     if unguided is not None:
         m, i = unguided["metrics"], unguided["intervals"]
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
              f"target (bracketing, then bisection to {args.tolerance:.0%} or {args.max_runs} runs; `bench calibrate`). Values are `value [95% interval]`: Wilson for shares, "
              f"bootstrap over samples otherwise. Quality metric: `{quality}`.", ""]
     for target in targets:
-        lines += target_section(store, args.task, target, found, methods, quality, unguided)
+        lines += target_section(store, args.task, target, found, methods, quality, unguided, args.tolerance)
     points = [{"target": target, "method": method, **point.as_dict()} for (target, method), c in found.items() for point in c.points]
     pd.DataFrame(points).to_csv(args.out / "points.csv", index=False)
     lines += ["## Every calibration point", "", pd.DataFrame(points).drop(columns=["interval"]).to_markdown(index=False), "", f"![{picture}]({picture})", ""]
