@@ -382,8 +382,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         for task, runs in table.groupby("task", sort=True):
             matched = matched_safety_table(store, task, args.target)
             if not matched.empty:
+                from negguide.metrics.intervals import with_interval
+
                 quality = matched["quality_metric"].iloc[0]
-                shown = matched.assign(**{m: [f"{v:.4g} [{lo:.4g}, {hi:.4g}]" for v, lo, hi in zip(matched[m], matched[m + "__low"], matched[m + "__high"])]
+                shown = matched.assign(**{m: [with_interval(v, lo, hi) for v, lo, hi in zip(matched[m], matched[m + "__low"], matched[m + "__high"])]
                                           for m in (quality, "forbidden_rate", "kl_classes")})
                 print(f"{task}: matched safety (forbidden share <= {args.target:g}, `bench calibrate`); shared rank where 95% intervals overlap")
                 print(shown[["rank", "method", "scale", quality, "forbidden_rate", "kl_classes", "samples", "run_id"]].to_string(index=False))

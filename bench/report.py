@@ -22,15 +22,12 @@ import pandas as pd
 from negguide.bench.run import RunRequest, resolve, run_one
 from negguide.bench.run.calibrate import Calibration, calibrate
 from negguide.bench.run.compare import compare_runs
+from negguide.metrics.intervals import with_interval
 from negguide.results.leaderboard import headline_of
 from negguide.results.store import Store
 
 LABELS = {"none": "unguided", "np": "NP", "sld": "SLD", "dng": "DNG"}
 REFERENCE_METHOD = "dng"
-
-
-def _ci(value: float, low: float | None, high: float | None) -> str:
-    return f"{value:.4g} [{low:.4g}, {high:.4g}]" if low is not None and high is not None else f"{value:.4g}"
 
 
 def calibrated(task: str, methods: list[str], targets: list[float], fixed: dict, protocol: str, store: Store, max_runs: int,
@@ -70,14 +67,14 @@ def target_section(store: Store, task: str, target: float, found: dict, methods:
         chosen[method] = result
         m, i = result["metrics"], result["intervals"]
         rows.append({"method": LABELS.get(method, method), "scale": f"{calibration.chosen.scale:.4g}",
-                     "forbidden share": _ci(m["forbidden_rate"], *i["forbidden_rate"]), "KL": _ci(m["kl_classes"], *i["kl_classes"]),
-                     quality: _ci(m[quality], *i[quality]), "monotone": "no" if calibration.violations else "yes",
+                     "forbidden share": with_interval(m["forbidden_rate"], *i["forbidden_rate"]), "KL": with_interval(m["kl_classes"], *i["kl_classes"]),
+                     quality: with_interval(m[quality], *i[quality]), "monotone": "no" if calibration.violations else "yes",
                      "smallest scale": is_smallest(calibration, tolerance), "runs": len(calibration.points),
                      "run": calibration.chosen.run_id})
     if unguided is not None:
         m, i = unguided["metrics"], unguided["intervals"]
-        rows.append({"method": "unguided", "scale": "-", "forbidden share": _ci(m["forbidden_rate"], *i["forbidden_rate"]),
-                     "KL": _ci(m["kl_classes"], *i["kl_classes"]), quality: _ci(m[quality], *i[quality]), "monotone": "", "runs": 1,
+        rows.append({"method": "unguided", "scale": "-", "forbidden share": with_interval(m["forbidden_rate"], *i["forbidden_rate"]),
+                     "KL": with_interval(m["kl_classes"], *i["kl_classes"]), quality: with_interval(m[quality], *i[quality]), "monotone": "", "runs": 1,
                      "run": unguided["run_id"]})
     lines = [f"## Target: forbidden share <= {target:g}", "", pd.DataFrame(rows).fillna("-").to_markdown(index=False), ""]
     missed = [LABELS.get(m, m) for m in methods if found[(target, m)].chosen is None]

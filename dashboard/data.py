@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from negguide.metrics.base import METRICS
+from negguide.metrics.intervals import with_interval
 from negguide.results.artifacts import read_npz
 from negguide.results.leaderboard import headline_of, rank_runs
 from negguide.results.store import DEFAULT_DB, Store
@@ -116,13 +117,6 @@ def metric_columns(wide: pd.DataFrame, task_metrics: Sequence[str] = ()) -> list
     if task_metrics:
         names = [c for c in names if c in task_metrics]
     return [c for c in HEADLINE_FIRST if c in names] + sorted(c for c in names if c not in HEADLINE_FIRST)
-
-
-def with_interval(value: float, low: float, high: float) -> str:
-    """A metric value and its 95% interval as text: `0.0123 [0.0101, 0.0150]`."""
-    if value is None or value != value:
-        return ""
-    return f"{value:.4g} [{low:.4g}, {high:.4g}]" if low == low and high == high else f"{value:.4g}"
 
 
 def interval_of(row: pd.Series, metric: str) -> tuple[float, float]:

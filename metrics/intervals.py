@@ -67,6 +67,15 @@ class Statistic:
         return bootstrap(self.of, self.units, self.resamples)
 
 
+def with_interval(value: float | None, low: float | None = None, high: float | None = None) -> str:
+    """A value and its 95% interval as text, `0.0123 [0.0101, 0.015]`; the value alone without an interval, "" without a value."""
+    if value is None or value != value:
+        return ""
+    if low is None or high is None or low != low or high != high:
+        return f"{value:.4g}"
+    return f"{value:.4g} [{low:.4g}, {high:.4g}]"
+
+
 def wilson(successes: int, trials: int, confidence: float = CONFIDENCE) -> Interval:
     """Wilson score interval of a share (scipy.stats.binomtest)."""
     ci = stats.binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")

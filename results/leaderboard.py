@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from negguide.metrics.base import METRICS
+from negguide.metrics.intervals import with_interval
 from negguide.results.store import Store
 
 DEFAULT_TARGET = 0.01
@@ -69,8 +70,7 @@ def _display(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     table = table.copy()
     for metric in metrics:
         low, high = table[metric + "__low"], table[metric + "__high"]
-        table[metric] = [f"{v:.4g} [{lo:.4g}, {hi:.4g}]" if np.isfinite(lo) else (f"{v:.4g}" if np.isfinite(v) else "")
-                         for v, lo, hi in zip(table[metric], low, high)]
+        table[metric] = [with_interval(v, lo, hi) for v, lo, hi in zip(table[metric], low, high)]
     return table
 
 
