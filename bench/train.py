@@ -180,6 +180,17 @@ def save_ddpm_checkpoint(
     })
 
 
+def warm_start(model: torch.nn.Module, ema: torch.nn.Module, config: DDPMConfig) -> None:
+    """Start both the model and its EMA from the EMA weights of the model in `config.init_from`."""
+    from negguide.datasets.mnist_models import load_ddpm
+
+    previous, previous_config = load_ddpm(config.init_from)
+    model.load_state_dict(previous.state_dict())
+    ema.load_state_dict(previous.state_dict())
+    config.init_steps = previous_config.init_steps + previous_config.steps_done
+    print(f"warm start from {config.init_from} ({config.init_steps} steps already taken)", flush=True)
+
+
 def train_ddpm(out: Path, config: DDPMConfig, resume: bool = False, command: str = "") -> DDPMConfig:
     """Train (or resume) the MNIST DDPM into `out` until the step or time budget runs out."""
     import copy
@@ -204,10 +215,14 @@ def train_ddpm(out: Path, config: DDPMConfig, resume: bool = False, command: str
         gen.set_state(state["gen"])
         smooth_loss = state["smooth_loss"]
         config.steps_done, config.wall_time_s = saved.steps_done, saved.wall_time_s
+        config.init_from, config.init_steps = saved.init_from, saved.init_steps
         truncate_log(out / TRAINING_LOG, config.steps_done)
         print(f"resumed at step {config.steps_done} ({config.wall_time_s:.0f} s done)", flush=True)
-    elif (out / TRAINING_LOG).exists():
-        (out / TRAINING_LOG).unlink()
+    else:
+        if (out / TRAINING_LOG).exists():
+            (out / TRAINING_LOG).unlink()
+        if config.init_from:
+            warm_start(model, ema, config)
 
     images, labels = load_mnist()
     x_all = to_model_range(images)
@@ -361,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--batch-size", type=int, default=128)
     d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--min-lr-factor", type=float, default=0.1)
+    d.add_argument("--warmup-steps", type=int, default=200)
+    d.add_argument("--p-uncond", type=float, default=0.2, help="share of labels dropped to the null label")
+    d.add_argument("--ema-decay", type=float, default=0.999)
+    d.add_argument("--init-from", default=None, help="start from the EMA weights of this model folder")
     d.add_argument("--save-every", type=int, default=250)
     d.add_argument("--log-every", type=int, default=50)
     d.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
@@ -381,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "ddpm":
         if args.max_minutes is None and args.max_steps is None:
             raise SystemExit("give --max-minutes and/or --max-steps")
-        config = DDPMConfig(seed=args.seed, batch_size=args.batch_size, lr=args.lr, save_every=args.save_every,
-                            log_every=args.log_every, max_steps=args.max_steps, max_minutes=args.max_minutes)
+        config = DDPMConfig(seed=args.seed, batch_size=args.batch_size, lr=args.lr, min_lr_factor=args.min_lr_factor,
+                            warmup_steps=args.warmup_steps, p_uncond=args.p_uncond, ema_decay=args.ema_decay,
+                            init_from=args.init_from, save_every=args.save_every, log_every=args.log_every,
+                            max_steps=args.max_steps, max_minutes=args.max_minutes)
         train_ddpm(args.out, config, resume=args.resume, command=command)
     else:
         train_classifier(args.out, ClassifierConfig(seed=args.seed, epochs=args.epochs), command=command)

@@ -9,18 +9,53 @@ forbidden examples (the negation set of Kim et al. 2025), computed without the n
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+# Rows per forward on a CPU: the fastest size on 2 cores for the MNIST UNet, and the smallest whose
+# outputs are bit-identical to one whole-batch forward (32 rows differ by ~1e-6): benchmarks/bench_mnist_speed.py.
+CPU_MICRO_BATCH = 64
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """How a bundle calls its network: rows per forward (None: all), and whether the predictions
+    that share a network go through it as one stacked batch (pays on a GPU, costs on a CPU)."""
+
+    micro_batch: int | None
+    stack_predictions: bool
+
+
+def forward_plan(device: torch.device) -> ForwardPlan:
+    """The measured default for a device type."""
+    if device.type == "cpu":
+        return ForwardPlan(micro_batch=CPU_MICRO_BATCH, stack_predictions=False)
+    return ForwardPlan(micro_batch=None, stack_predictions=True)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _timesteps(t: int, batch: int, device: torch.device) -> torch.Tensor:
     return torch.full((batch,), t, dtype=torch.long, device=device)
 
 
-def _eps(model: nn.Module, x: torch.Tensor, t: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """eps prediction of a diffusers UNet2DModel (class labels optional)."""
-    out = model(x, _timesteps(t, len(x), x.device), class_labels=labels) if labels is not None else model(x, _timesteps(t, len(x), x.device))
+def _eps_once(model: nn.Module, x: torch.Tensor, t: int, labels: torch.Tensor | None) -> torch.Tensor:
+    timesteps = _timesteps(t, len(x), x.device)
+    out = model(x, timesteps, class_labels=labels) if labels is not None else model(x, timesteps)
     return out.sample if hasattr(out, "sample") else out
+
+
+def _eps(model: nn.Module, x: torch.Tensor, t: int, labels: torch.Tensor | None = None, micro_batch: int | None = None) -> torch.Tensor:
+    """eps prediction of a diffusers UNet2DModel (class labels optional), `micro_batch` rows per forward."""
+    if micro_batch is None or len(x) <= micro_batch:
+        return _eps_once(model, x, t, labels)
+    parts = [_eps_once(model, x[i:i + micro_batch], t, None if labels is None else labels[i:i + micro_batch])
+             for i in range(0, len(x), micro_batch)]
+    return torch.cat(parts)
 
 
 class NegationKernel:
@@ -76,8 +111,10 @@ class ConditionalBundle:
     """One class-conditional network: `uncond` is the null label, `neg` the removed class; with a
     `NegationKernel`, also its `negation` and `negation_logit` (no network evaluation)."""
 
-    def __init__(self, model: nn.Module, null_label: int, removed: int, negation: NegationKernel | None = None):
+    def __init__(self, model: nn.Module, null_label: int, removed: int, negation: NegationKernel | None = None,
+                 plan: ForwardPlan | None = None):
         self.model, self.null_label, self.removed, self.negation = model, null_label, removed, negation
+        self.plan = plan or forward_plan(_model_device(model))
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, step, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -90,25 +127,32 @@ class ConditionalBundle:
         kernel = tuple(n for n in names if n not in labels)
         preds = {}
         if network:
-            # All requested network predictions in one batched forward: the inputs repeated, one label per copy.
-            batch = len(x)
-            label_tensor = torch.cat([torch.full((batch,), labels[n], dtype=torch.long, device=x.device) for n in network])
-            eps = _eps(self.model, x.repeat(len(network), *([1] * (x.dim() - 1))), step.t, label_tensor)
-            preds.update(zip(network, eps.split(batch)))
+            preds.update(self._network(x, step.t, {n: labels[n] for n in network}))
         if kernel:
             preds.update(self.negation(x, step, kernel))
         return {name: preds[name] for name in names}
+
+    def _network(self, x: torch.Tensor, t: int, labels: dict[str, int]) -> dict[str, torch.Tensor]:
+        """One prediction per label: stacked into one batch (the inputs repeated) or one after the other."""
+        batch, micro = len(x), self.plan.micro_batch
+        label = lambda value, rows: torch.full((rows,), value, dtype=torch.long, device=x.device)  # noqa: E731
+        if not self.plan.stack_predictions:
+            return {name: _eps(self.model, x, t, label(value, batch), micro) for name, value in labels.items()}
+        stacked = torch.cat([label(value, batch) for value in labels.values()])
+        eps = _eps(self.model, x.repeat(len(labels), *([1] * (x.dim() - 1))), t, stacked, micro)
+        return dict(zip(labels, eps.split(batch)))
 
 
 class TwoNetworkBundle:
     """An unconditional network and a to-forget network (trained on the removed class only)."""
 
-    def __init__(self, uncond: nn.Module, forget: nn.Module):
+    def __init__(self, uncond: nn.Module, forget: nn.Module, plan: ForwardPlan | None = None):
         self.networks = {"uncond": uncond, "neg": forget}
+        self.plan = plan or forward_plan(_model_device(uncond))
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, step, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         unknown = set(names) - set(self.networks)
         if unknown:
             raise KeyError(f"this model bundle provides uncond and neg, not {sorted(unknown)}")
-        return {name: _eps(self.networks[name], x, step.t) for name in names}
+        return {name: _eps(self.networks[name], x, step.t, micro_batch=self.plan.micro_batch) for name in names}

@@ -69,6 +69,8 @@ class DDPMConfig:
     log_every: int = 50
     max_steps: int | None = None
     max_minutes: float | None = None
+    init_from: str | None = None  # a shipped model folder whose EMA weights start this run
+    init_steps: int = 0  # training steps that model had already taken
     # filled in during training
     steps_done: int = 0
     param_count: int = 0

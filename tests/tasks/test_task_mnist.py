@@ -9,7 +9,7 @@ from conftest import run_json
 
 from negguide.bench.cli import main as bench_main
 from negguide.bench.tasks.mnist import MnistRuntime
-from negguide.datasets.bundles import ConditionalBundle
+from negguide.datasets.bundles import CPU_MICRO_BATCH, ConditionalBundle, ForwardPlan
 from negguide.metrics.classes import kl_classes
 
 TINY = ["--task", "mnist-remove-0", "--samples", "6", "--steps", "3", "--batch-size", "4"]
@@ -25,19 +25,29 @@ def test_mnist_run_end_to_end(db, capsys):
     assert (artifacts / "grid.png").stat().st_size > 0
 
 
-def test_one_batched_forward_gives_both_predictions():
-    """uncond and neg come from one forward of the repeated batch, equal to separate calls."""
-    runtime = MnistRuntime(removed=3, device=torch.device("cpu"))
-    bundle: ConditionalBundle = runtime.denoiser
+def _forward_sizes(bundle: ConditionalBundle, x: torch.Tensor, names: tuple[str, ...]) -> tuple[list[int], dict]:
     calls = []
     hook = bundle.model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
-    x = torch.randn(5, 1, 28, 28)
-    step = type("S", (), {"t": 500})()
-    both = bundle(x, step, ("uncond", "neg"))
-    hook.remove()
-    assert calls == [10]
-    alone = bundle(x, step, ("neg",))
-    torch.testing.assert_close(both["neg"], alone["neg"], rtol=1e-4, atol=1e-5)
+    try:
+        preds = bundle(x, type("S", (), {"t": 500})(), names)
+    finally:
+        hook.remove()
+    return calls, preds
+
+
+def test_cpu_forwards_run_in_micro_batches_one_prediction_at_a_time():
+    runtime = MnistRuntime(removed=3, device=torch.device("cpu"))
+    bundle: ConditionalBundle = runtime.denoiser
+    assert bundle.plan == ForwardPlan(micro_batch=CPU_MICRO_BATCH, stack_predictions=False)
+    x = torch.randn(2 * CPU_MICRO_BATCH + 2, 1, 28, 28)
+    calls, micro = _forward_sizes(bundle, x, ("uncond", "neg"))
+    assert calls == [CPU_MICRO_BATCH, CPU_MICRO_BATCH, 2] * 2
+    bundle.plan = ForwardPlan(micro_batch=None, stack_predictions=True)  # the GPU default: one stacked forward
+    calls, stacked = _forward_sizes(bundle, x, ("uncond", "neg"))
+    assert calls == [2 * len(x)]
+    for name in ("uncond", "neg"):
+        torch.testing.assert_close(micro[name], stacked[name], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(micro["uncond"], micro["neg"])  # each prediction got its own label
 
 
 def test_missing_checkpoint_is_one_line_exit_2(db, capsys, tmp_path, monkeypatch):
