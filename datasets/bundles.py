@@ -49,7 +49,7 @@ def _eps_once(model: nn.Module, x: torch.Tensor, t: int, labels: torch.Tensor | 
     return out.sample if hasattr(out, "sample") else out
 
 
-def _eps(model: nn.Module, x: torch.Tensor, t: int, labels: torch.Tensor | None = None, micro_batch: int | None = None) -> torch.Tensor:
+def eps_prediction(model: nn.Module, x: torch.Tensor, t: int, labels: torch.Tensor | None = None, micro_batch: int | None = None) -> torch.Tensor:
     """eps prediction of a diffusers UNet2DModel (class labels optional), `micro_batch` rows per forward."""
     if micro_batch is None or len(x) <= micro_batch:
         return _eps_once(model, x, t, labels)
@@ -137,9 +137,9 @@ class ConditionalBundle:
         batch, micro = len(x), self.plan.micro_batch
         label = lambda value, rows: torch.full((rows,), value, dtype=torch.long, device=x.device)  # noqa: E731
         if not self.plan.stack_predictions:
-            return {name: _eps(self.model, x, t, label(value, batch), micro) for name, value in labels.items()}
+            return {name: eps_prediction(self.model, x, t, label(value, batch), micro) for name, value in labels.items()}
         stacked = torch.cat([label(value, batch) for value in labels.values()])
-        eps = _eps(self.model, x.repeat(len(labels), *([1] * (x.dim() - 1))), t, stacked, micro)
+        eps = eps_prediction(self.model, x.repeat(len(labels), *([1] * (x.dim() - 1))), t, stacked, micro)
         return dict(zip(labels, eps.split(batch)))
 
 
@@ -155,4 +155,4 @@ class TwoNetworkBundle:
         unknown = set(names) - set(self.networks)
         if unknown:
             raise KeyError(f"this model bundle provides uncond and neg, not {sorted(unknown)}")
-        return {name: _eps(self.networks[name], x, step.t, micro_batch=self.plan.micro_batch) for name in names}
+        return {name: eps_prediction(self.networks[name], x, step.t, micro_batch=self.plan.micro_batch) for name in names}
