@@ -1,4 +1,4 @@
-"""A results page for one removal task: NP, SLD and DNG compared at matched safety, with intervals.
+"""A results page for one task: guidance methods compared at matched safety, with intervals.
 
     python -m negguide.bench.report --task gmm1d-remove-1 --targets 0.01,0.005 --out docs/results/gmm1d-remove-1
 
@@ -28,6 +28,20 @@ from negguide.results.store import Store
 
 LABELS = {"none": "unguided", "np": "NP", "sld": "SLD", "dng": "DNG"}
 REFERENCE_METHOD = "dng"
+# Columns beside the forbidden share and the task's quality metric, where the task measures them:
+# the class histogram on removal tasks; on the exact prompt analogue, the change of related samples and Q.
+SIDE_METRICS = ("kl_classes", "change_related", "q_modes")
+
+
+def columns_of(result: dict, quality: str) -> list[str]:
+    """The metrics a results table shows for a task: the side metrics it measures, then its quality metric."""
+    return [name for name in SIDE_METRICS if name in result["metrics"] and name != quality] + [quality]
+
+
+def cells(result: dict, columns: list[str]) -> dict[str, str]:
+    """`value [low, high]` of the forbidden share and each column."""
+    m, i = result["metrics"], result["intervals"]
+    return {name if name != "kl_classes" else "KL": with_interval(m[name], *i[name]) for name in ("forbidden_rate", *columns)}
 
 
 def calibrated(task: str, methods: list[str], targets: list[float], fixed: dict, protocol: str, store: Store, max_runs: int,
@@ -65,18 +79,15 @@ def target_section(store: Store, task: str, target: float, found: dict, methods:
             continue
         result = result_of(store, calibration.chosen.run_id)
         chosen[method] = result
-        m, i = result["metrics"], result["intervals"]
-        rows.append({"method": LABELS.get(method, method), "scale": f"{calibration.chosen.scale:.4g}",
-                     "forbidden share": with_interval(m["forbidden_rate"], *i["forbidden_rate"]), "KL": with_interval(m["kl_classes"], *i["kl_classes"]),
-                     quality: with_interval(m[quality], *i[quality]), "monotone": "no" if calibration.violations else "yes",
-                     "smallest scale": is_smallest(calibration, tolerance), "runs": len(calibration.points),
-                     "run": calibration.chosen.run_id})
+        columns = columns_of(result, quality)
+        rows.append({"method": LABELS.get(method, method), "scale": f"{calibration.chosen.scale:.4g}", **cells(result, columns),
+                     "monotone": "no" if calibration.violations else "yes", "smallest scale": is_smallest(calibration, tolerance),
+                     "runs": len(calibration.points), "run": calibration.chosen.run_id})
     if unguided is not None:
-        m, i = unguided["metrics"], unguided["intervals"]
-        rows.append({"method": "unguided", "scale": "-", "forbidden share": with_interval(m["forbidden_rate"], *i["forbidden_rate"]),
-                     "KL": with_interval(m["kl_classes"], *i["kl_classes"]), quality: with_interval(m[quality], *i[quality]), "monotone": "", "runs": 1,
+        rows.append({"method": "unguided", "scale": "-", **cells(unguided, columns_of(unguided, quality)), "monotone": "", "runs": 1,
                      "run": unguided["run_id"]})
-    lines = [f"## Target: forbidden share <= {target:g}", "", pd.DataFrame(rows).fillna("-").to_markdown(index=False), ""]
+    table = pd.DataFrame(rows).rename(columns={"forbidden_rate": "forbidden share"}).fillna("-")
+    lines = [f"## Target: forbidden share <= {target:g}", "", table.to_markdown(index=False), ""]
     missed = [LABELS.get(m, m) for m in methods if found[(target, m)].chosen is None]
     if missed:
         lines += [f"Not reached ({', '.join(missed)}): no scale tried met the target within the run budget (every point below).", ""]
@@ -88,7 +99,7 @@ def target_section(store: Store, task: str, target: float, found: dict, methods:
                 continue
             comparison = {row.name: row for row in compare_runs(store, chosen[REFERENCE_METHOD]["run_id"], result["run_id"])}
             parts = []
-            for name in (quality, "kl_classes", "forbidden_rate"):
+            for name in (quality, *SIDE_METRICS, "forbidden_rate"):
                 row = comparison.get(name)
                 if row is not None:
                     parts.append(f"{name} {row.difference:+.4g} [{row.difference_interval.low:.4g}, {row.difference_interval.high:.4g}]"
