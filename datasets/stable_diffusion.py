@@ -5,20 +5,27 @@ eps-prediction) found in the local Hugging Face cache, or a folder laid out like
 (unet/, vae/, text_encoder/, tokenizer/, scheduler/), named by BENCH_SD_MODEL. Nothing is ever
 downloaded here. v-prediction models (SD 2 at 768 px) are converted to eps with the schedule's
 alpha_bar; x0-prediction models are refused.
+
+The `nag` prediction (methods/nag.py) is the positive prompt's eps with Normalized Attention Guidance in
+every cross-attention layer (attn2) against the row's negative prompt: for each UNet forward that holds
+such rows, NAG processors replace attn2's and the original processors are restored when it returns.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from negguide.methods.errors import BenchError
+from negguide.methods.nag import PREDICTION as NAG_PREDICTION
+from negguide.methods.nag import drawing_params, normalized_attention
 from negguide.methods.schedule import Schedule, Step
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
@@ -152,13 +159,15 @@ class StableDiffusion:
         return self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0].to(self.dtype)
 
     @torch.no_grad()
-    def eps(self, x: torch.Tensor, step: Step, context: torch.Tensor) -> torch.Tensor:
-        """Noise predictions for latents x [N, C, H, W] with text context [N, 77, D], in chunks."""
+    def eps(self, x: torch.Tensor, step: Step, context: torch.Tensor, nag: NAGRows | None = None) -> torch.Tensor:
+        """Noise predictions for latents x [N, C, H, W] with text context [N, 77, D], in chunks; `nag`: rows
+        computed with NAG in the cross-attention layers."""
         out = []
         for start in range(0, len(x), MAX_BATCH):
             chunk = x[start:start + MAX_BATCH].to(self.device, self.dtype)
             t = torch.full((len(chunk),), step.t, dtype=torch.long, device=self.device)
-            pred = self.unet(chunk, t, encoder_hidden_states=context[start:start + MAX_BATCH]).sample
+            with nag_processors(self.unet, nag.within(start, start + len(chunk)) if nag is not None else None):
+                pred = self.unet(chunk, t, encoder_hidden_states=context[start:start + MAX_BATCH]).sample
             if self.facts.prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x0
                 pred = step.alpha_bar**0.5 * pred + (1.0 - step.alpha_bar) ** 0.5 * chunk
             out.append(pred.to(x.device, x.dtype))
@@ -201,11 +210,84 @@ def load(spec: str | None = None, device: str | None = None) -> StableDiffusion:
     return StableDiffusion(tokenizer, text_encoder, unet, vae, facts, target, dtype)
 
 
+# ---- Normalized Attention Guidance in the cross-attention layers ------------------------------
+
+@dataclass(frozen=True)
+class NAGRows:
+    """Rows of a UNet batch computed with NAG: their indices and their negative prompts' contexts [n, 77, D]."""
+
+    scale: float
+    tau: float
+    alpha: float
+    rows: torch.Tensor  # long, ascending
+    negative: torch.Tensor
+
+    def within(self, start: int, stop: int) -> NAGRows | None:
+        """These rows of the chunk [start, stop), indexed from the chunk's start; None if there are none."""
+        keep = (self.rows >= start) & (self.rows < stop)
+        if not bool(keep.any()):
+            return None
+        return NAGRows(self.scale, self.tau, self.alpha, self.rows[keep] - start, self.negative[keep])
+
+
+def _attend(attn: torch.nn.Module, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V with the heads merged, [B, tokens, inner], as diffusers' AttnProcessor2_0."""
+    if attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    key, value = attn.to_k(context), attn.to_v(context)
+    batch, head_dim = len(query), key.shape[-1] // attn.heads
+    q, k, v = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    z = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
+    return z.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+
+
+class NAGCrossAttention:
+    """A diffusers attention processor for a cross-attention layer: plain attention on every row, and on the
+    NAG rows a second pass against the negative context, combined by methods/nag.py's formula."""
+
+    def __init__(self, nag: NAGRows):
+        self.nag = nag
+
+    def __call__(self, attn: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        plain = (attn.spatial_norm is None and attn.group_norm is None and not attn.residual_connection and hidden_states.ndim == 3)
+        if encoder_hidden_states is None or attention_mask is not None or not plain:
+            raise BenchError("NAG's processor handles unmasked cross-attention on token sequences (Stable Diffusion's attn2) only")
+        query = attn.to_q(hidden_states)
+        z = _attend(attn, query, encoder_hidden_states)
+        rows = self.nag.rows.to(z.device)
+        z_neg = _attend(attn, query[rows], self.nag.negative.to(z.device, encoder_hidden_states.dtype))
+        # In float32: in half precision an L1 norm over a thousand channels can overflow.
+        guided = normalized_attention(z[rows].float(), z_neg.float(), self.nag.scale, self.nag.tau, self.nag.alpha)
+        z = z.index_copy(0, rows, guided.to(z.dtype))
+        return attn.to_out[1](attn.to_out[0](z)) / attn.rescale_output_factor
+
+
+@contextlib.contextmanager
+def nag_processors(unet: torch.nn.Module, nag: NAGRows | None) -> Iterator[None]:
+    """NAG processors on the UNet's cross-attention layers (attn2) while the block runs, then the original ones."""
+    if nag is None:
+        yield
+        return
+    original = unet.attn_processors
+    unet.set_attn_processor({name: NAGCrossAttention(nag) if name.endswith("attn2.processor") else processor
+                             for name, processor in original.items()})
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(original)
+
+
 class SDDenoiser:
     """The Denoiser protocol over Stable Diffusion: every requested prediction in one batched forward.
 
     `select(x, step, names)` tells, for each name, which row of `contexts` conditions each sample
-    (the runtime knows each sample's prompt and arm); the inputs are repeated once per name.
+    (the runtime knows each sample's prompt and arm); the inputs are repeated once per name. The rows
+    of a `nag` prediction take their negative context from the rows `select` gives `neg`.
     """
 
     def __init__(self, model: StableDiffusion, contexts: torch.Tensor,
@@ -215,5 +297,12 @@ class SDDenoiser:
     def __call__(self, x: torch.Tensor, step: Step, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         rows = self.select(x, step, names)
         index = torch.as_tensor(np.concatenate([rows[n] for n in names]), device=self.contexts.device)
-        eps = self.model.eps(x.repeat(len(names), *([1] * (x.dim() - 1))), step, self.contexts[index])
+        nag = self._nag_rows(x, step, names.index(NAG_PREDICTION) * len(x)) if NAG_PREDICTION in names else None
+        eps = self.model.eps(x.repeat(len(names), *([1] * (x.dim() - 1))), step, self.contexts[index], nag)
         return dict(zip(names, eps.split(len(x))))
+
+    def _nag_rows(self, x: torch.Tensor, step: Step, first: int) -> NAGRows:
+        """The `nag` block of the batch (rows first .. first + len(x)), with the drawing method's parameters."""
+        params = drawing_params()
+        negative = torch.as_tensor(self.select(x, step, ("neg",))["neg"], device=self.contexts.device)
+        return NAGRows(params.scale, params.tau, params.alpha, torch.arange(first, first + len(x)), self.contexts[negative])

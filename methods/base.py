@@ -8,6 +8,7 @@ it the sampler takes the unguided prediction while the method's state keeps evol
 from __future__ import annotations
 
 import dataclasses
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -85,6 +86,7 @@ class GuidanceMethod:
     # ---- what the sampler calls: the protocol above, windowed and checked ----------------------
 
     def start(self, batch: int, like: torch.Tensor) -> State:
+        _DRAWING.set(self)
         with _blame(self, "init_state", None):
             return self.init_state(batch, like)
 
@@ -102,6 +104,18 @@ class GuidanceMethod:
     def update(self, step: Step, x: torch.Tensor, x_prev: torch.Tensor, preds: Predictions, state: State) -> State:
         with _blame(self, "observe", step):
             return self.observe(step, x, x_prev, preds, state)
+
+
+_DRAWING: ContextVar[GuidanceMethod | None] = ContextVar("negguide_drawing", default=None)
+
+
+def drawing() -> GuidanceMethod | None:
+    """The method whose draw is in progress in this thread (`start` sets it before the first step).
+
+    The sampler hands a denoiser prediction names only; a runtime that acts inside its network for a
+    method (NAG's cross-attention processors) reads that method's parameters here.
+    """
+    return _DRAWING.get()
 
 
 class _blame:

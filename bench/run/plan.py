@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from negguide.bench.tasks import Task, TaskOptions, get_task
+from negguide.bench.tasks import Task, TaskOptions, all_tasks, get_task
 from negguide.bench.tasks.spec import VARIANCES
 from negguide.methods.errors import BenchError
 from negguide.methods.registry import MethodSpec
@@ -113,13 +113,9 @@ def resolve(request: RunRequest) -> ResolvedRun:
     """Validate a request completely before anything runs or is written."""
     task = get_task(request.task, TaskOptions(request.prompts))
     protocol = task.protocol(request.protocol)
-    task.preflight(protocol.metrics or task.metrics)
     method = MethodSpec.of(request.method, request.params)
-    needs = _method_needs(method)
-    missing = set(needs) - set(task.predictions)
-    if missing:
-        raise BenchError(f"method {method.name!r} needs predictions {sorted(missing)} that task {task.name!r} does not provide "
-                         f"(it provides {', '.join(task.predictions)}); pick another task or method")
+    _check_provided(method, task, TaskOptions(request.prompts))
+    task.preflight(protocol.metrics or task.metrics)
     samples = protocol.samples if request.samples is None else request.samples
     steps = protocol.steps if request.steps is None else request.steps
     batch_size = protocol.batch_size if request.batch_size is None else request.batch_size
@@ -134,6 +130,18 @@ def resolve(request: RunRequest) -> ResolvedRun:
     if batch_size <= 0:
         raise BenchError(f"--batch-size must be a positive integer, got {batch_size}")
     return ResolvedRun(task, method, request.protocol or task.default_protocol, samples, steps, min(batch_size, samples), seed, variance, request.sweep_id)
+
+
+def _check_provided(method: MethodSpec, task: Task, options: TaskOptions) -> None:
+    """Refuse a method needing predictions the task lacks, naming the tasks that have them (before any model loads)."""
+    needs = _method_needs(method)
+    missing = set(needs) - set(task.predictions)
+    if not missing:
+        return
+    providers = [name for name, other in all_tasks(options).items() if set(needs) <= set(other.predictions)]
+    where = f"tasks that do: {', '.join(providers[:6])}{f' (+{len(providers) - 6} more)' if len(providers) > 6 else ''}" if providers else "no task does"
+    raise BenchError(f"method {method.name!r} needs predictions {sorted(missing)} that task {task.name!r} does not provide "
+                     f"(it provides {', '.join(task.predictions)}); {where}")
 
 
 def _method_needs(method: MethodSpec) -> tuple[str, ...]:

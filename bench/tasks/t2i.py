@@ -8,6 +8,10 @@ Convention (paper §4.2, docs/text-to-image.md): the method sees `uncond` := eps
 and `neg` := eps(negative prompt); `finalize` applies positive CFG around the method's output,
 eps = eps_null + w (eps_method - eps_null), so the negative term is scaled by w as in diffusers'
 StableDiffusionPipelineSafe. The three predictions come from one batched UNet forward.
+
+These tasks also provide `nag` (methods/nag.py): the positive prompt's eps with Normalized Attention
+Guidance in the UNet's cross-attention layers against the row's negative prompt (the one `neg` uses),
+computed in the same forward; no other task has cross-attention layers to hook.
 """
 from __future__ import annotations
 
@@ -110,7 +114,7 @@ class T2IRuntime:
         rows.check_pairing(x, step)
         prompt, arm, count = rows.prompt, rows.arm, len(self.triplets)
         # Reference rows take the related prompt as `neg`: finalize ignores it, and traces stay meaningful.
-        by_name = {"null": np.zeros_like(prompt), "uncond": 1 + prompt,
+        by_name = {"null": np.zeros_like(prompt), "uncond": 1 + prompt, "nag": 1 + prompt,
                    "neg": np.where(arm == UNRELATED, 1 + 2 * count + prompt, 1 + count + prompt)}
         unknown = set(names) - set(by_name)
         if unknown:
@@ -222,7 +226,7 @@ def _t2i_task(name: str, triplets: tuple[Triplet, ...], spec: str, facts: ModelF
         load=partial(T2IRuntime, triplets),
         details=partial(_details, spec, facts, path, clip_label, triplets),
         schedule=facts.schedule,
-        predictions=("uncond", "neg", "null"),
+        predictions=("uncond", "neg", "null", "nag"),  # nag: cross-attention guidance, see SDDenoiser
         resources=partial(_resources, spec, path, clip_label),
         preflight=partial(_preflight, spec, path),
         quality_metric="q",

@@ -235,6 +235,82 @@ def test_runtime_refuses_unpaired_noise(t2i_env):
         sample(load_method("np"), unpaired, task.schedule.steps(2), 0, task.shape)
 
 
+# ---- NAG in the cross-attention layers -----------------------------------------------------------
+
+def attention_by_hand(attn, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V per head, heads merged: Z before the output projection."""
+    q, k, v = attn.to_q(hidden), attn.to_k(context), attn.to_v(context)
+    d = q.shape[-1] // attn.heads
+    heads = [torch.softmax(q[..., h * d:(h + 1) * d] @ k[..., h * d:(h + 1) * d].transpose(1, 2) / math.sqrt(d), dim=-1) @ v[..., h * d:(h + 1) * d]
+             for h in range(attn.heads)]
+    return torch.cat(heads, dim=-1)
+
+
+def test_nag_processor_guides_its_rows_and_leaves_the_others():
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from negguide.datasets.stable_diffusion import NAGCrossAttention, NAGRows
+    from negguide.methods.nag import normalized_attention
+
+    torch.manual_seed(3)
+    attn = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8).eval()
+    hidden, context, negative = torch.randn(4, 10, 16), torch.randn(4, 7, 12), torch.randn(2, 7, 12)
+    rows = torch.tensor([1, 3])
+    with torch.no_grad():
+        plain = AttnProcessor2_0()(attn, hidden, context)
+        got = NAGCrossAttention(NAGRows(2.0, 2.5, 0.5, rows, negative))(attn, hidden, context)
+        z_pos = attention_by_hand(attn, hidden[rows], context[rows])
+        z_neg = attention_by_hand(attn, hidden[rows], negative)
+        want = attn.to_out[0](normalized_attention(z_pos, z_neg, 2.0, 2.5, 0.5))
+    assert torch.equal(got[[0, 2]], plain[[0, 2]])
+    torch.testing.assert_close(got[rows], want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got[rows], plain[rows], atol=1e-3)
+
+
+def test_nag_prediction_uses_processors_in_the_forward_and_restores_them(t2i_env, monkeypatch):
+    import negguide.datasets.stable_diffusion as sd
+
+    task = get_task("sd2-english-breakfast")
+    runtime = runtime_for(task, torch.device("cpu"))
+    unet = runtime.model.unet
+    before = unet.attn_processors
+    cross = [name for name in before if name.endswith("attn2.processor")]
+    seen = []  # the processor of each cross-attention layer while the formula runs
+    formula = sd.normalized_attention
+    monkeypatch.setattr(sd, "normalized_attention", lambda *a: seen.append({n: type(unet.attn_processors[n]) for n in cross}) or formula(*a))
+    ids, step = np.arange(6), task.schedule.steps(4)[1]
+    x = torch.randn((6, *task.shape), generator=torch.Generator().manual_seed(0))
+    x = x[np.arange(6) // 3 * 3]  # the arms of a triple share x_T
+    denoiser = runtime.condition(ids).denoiser
+    preds = {}
+    for scale in ("0", "2"):
+        load_method("nag", {"scale": scale}).start(len(ids), x)  # what the sampler does first
+        preds[scale] = denoiser(x, step, ("uncond", "nag", "null"))
+    assert len(seen) == 2 * len(cross) and all(set(s.values()) == {sd.NAGCrossAttention} for s in seen)
+    assert unet.attn_processors == before  # the very same processor objects are back
+    torch.testing.assert_close(preds["0"]["nag"], preds["0"]["uncond"], rtol=1e-5, atol=1e-5)  # scale 0: the plain positive
+    assert not torch.allclose(preds["2"]["nag"], preds["2"]["uncond"], atol=1e-3)
+    assert torch.equal(preds["2"]["uncond"], preds["0"]["uncond"]) and torch.equal(preds["2"]["null"], preds["0"]["null"])
+
+
+def test_nag_runs_end_to_end_on_tiny_sd(t2i_env, capsys):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    args = ["--task", "sd2-english-breakfast", "--samples", "6", "--steps", "3"]
+    images = {}
+    for label, extra in (("none", ["--method", "none"]), ("nag", ["--method", "nag"]), ("nag0", ["--method", "nag", "--param", "scale=0"])):
+        result = run(capsys, *args, *extra)
+        assert all(math.isfinite(v) for v in result["metrics"].values())
+        images[label] = np.load(Path(result["artifacts_dir"]) / "samples.npz")["x"].astype(np.int16)
+    assert result["params"] == {"scale": 0.0, "tau": 2.5, "alpha": 0.5}
+    guided = np.arange(6) % 3 != 0
+    assert np.array_equal(images["nag"][~guided], images["none"][~guided])  # reference arms stay unguided
+    assert np.abs(images["nag"][guided] - images["none"][guided]).max() > 10  # NAG changed the guided arms
+    assert np.abs(images["nag0"] - images["none"]).max() <= 1  # scale 0: the plain positive run (float rounding apart)
+    unet = runtime_for(get_task("sd2-english-breakfast"), torch.device("cpu")).model.unet
+    assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
+
+
 # ---- SLD as diffusers computes it --------------------------------------------------------------
 
 def diffusers_sld_reference(eps_p, eps_s, eps_null, w, cfg):
