@@ -72,7 +72,7 @@ def atomic_save_safetensors(path: Path, state: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}, str(tmp))
+    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}, str(tmp))
     os.replace(tmp, path)
 
 
@@ -144,10 +144,11 @@ def ddpm_loss(
     config: DDPMConfig, gen: torch.Generator,
 ) -> torch.Tensor:
     """Eps-prediction MSE at uniform timesteps, labels dropped to the null label with p_uncond."""
-    n = x0.shape[0]
-    t = torch.randint(0, config.num_train_timesteps, (n,), generator=gen)
-    eps = torch.randn(x0.shape, generator=gen)
-    drop = torch.rand(n, generator=gen) < config.p_uncond
+    n, device = x0.shape[0], x0.device
+    # Drawn on the CPU generator whatever the device, so a run resumes with the same stream anywhere.
+    t = torch.randint(0, config.num_train_timesteps, (n,), generator=gen).to(device)
+    eps = torch.randn(x0.shape, generator=gen).to(device)
+    drop = (torch.rand(n, generator=gen) < config.p_uncond).to(device)
     y = torch.where(drop, torch.full_like(labels, config.null_label), labels)
     ab = alpha_bars[t].view(n, 1, 1, 1)
     xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
@@ -191,8 +192,8 @@ def warm_start(model: torch.nn.Module, ema: torch.nn.Module, config: DDPMConfig)
     print(f"warm start from {config.init_from} ({config.init_steps} steps already taken)", flush=True)
 
 
-def train_ddpm(out: Path, config: DDPMConfig, resume: bool = False, command: str = "") -> DDPMConfig:
-    """Train (or resume) the MNIST DDPM into `out` until the step or time budget runs out."""
+def train_ddpm(out: Path, config: DDPMConfig, resume: bool = False, command: str = "", device: str = "cpu") -> DDPMConfig:
+    """Train (or resume) the MNIST DDPM into `out` on `device` until the step or time budget runs out."""
     import copy
 
     out.mkdir(parents=True, exist_ok=True)
@@ -200,6 +201,7 @@ def train_ddpm(out: Path, config: DDPMConfig, resume: bool = False, command: str
     gen = torch.Generator().manual_seed(config.seed)
     model = build_unet(config)
     config.param_count = sum(p.numel() for p in model.parameters())
+    model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     smooth_loss: float | None = None
@@ -225,11 +227,11 @@ def train_ddpm(out: Path, config: DDPMConfig, resume: bool = False, command: str
             warm_start(model, ema, config)
 
     images, labels = load_mnist()
-    x_all = to_model_range(images)
-    y_all = torch.as_tensor(labels)
+    x_all = to_model_range(images).to(device)
+    y_all = torch.as_tensor(labels).to(device)
     alpha_bars = torch.as_tensor(
         Schedule(config.num_train_timesteps, config.beta_start, config.beta_end).alpha_bars(), dtype=torch.float32
-    )
+    ).to(device)
 
     stop = {"flag": False}
 
@@ -251,7 +253,7 @@ def train_ddpm(out: Path, config: DDPMConfig, resume: bool = False, command: str
             lr = lr_at(config, step, budget_progress(config, step, elapsed))
             for group in opt.param_groups:
                 group["lr"] = lr
-            idx = torch.randint(0, x_all.shape[0], (config.batch_size,), generator=gen)
+            idx = torch.randint(0, x_all.shape[0], (config.batch_size,), generator=gen).to(device)
             loss = ddpm_loss(model, x_all[idx], y_all[idx], alpha_bars, config, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -385,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--log-every", type=int, default=50)
     d.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     d.add_argument("--threads", type=int, default=2)
+    d.add_argument("--device", default="cpu", help="cpu or cuda; the state resumes on either")
     c = sub.add_parser("classifier", help="small CNN evaluation classifier")
     c.add_argument("--out", type=Path, default=Path("datasets/weights/mnist-classifier"))
     c.add_argument("--epochs", type=int, default=12)
@@ -405,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                             warmup_steps=args.warmup_steps, p_uncond=args.p_uncond, ema_decay=args.ema_decay,
                             init_from=args.init_from, save_every=args.save_every, log_every=args.log_every,
                             max_steps=args.max_steps, max_minutes=args.max_minutes)
-        train_ddpm(args.out, config, resume=args.resume, command=command)
+        train_ddpm(args.out, config, resume=args.resume, command=command, device=args.device)
     else:
         train_classifier(args.out, ClassifierConfig(seed=args.seed, epochs=args.epochs), command=command)
     return 0

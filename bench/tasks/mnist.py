@@ -156,11 +156,12 @@ class MnistRuntime:
 
 
 def _digests(removed: int) -> dict:
-    """The judge's files, and the real digits the reference statistics come from (with the removed class)."""
+    """The model's and the judge's files, and the real digits the reference statistics come from (with the removed class)."""
     from negguide.datasets.mnist import load_mnist
 
     images, labels = load_mnist()
-    return {"judge": folder_digest(classifier_dir()), "reference": f"{array_digest(images, labels)}-without-{removed}"}
+    return {"model": folder_digest(ddpm_dir()), "judge": folder_digest(classifier_dir()),
+            "reference": f"{array_digest(images, labels)}-without-{removed}"}
 
 
 def _details(removed: int) -> dict:
