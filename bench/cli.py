@@ -282,6 +282,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         mark = " <- chosen" if found.chosen and point["run_id"] == found.chosen.run_id else ""
         print(f"  scale {point['scale']:<10.6g} forbidden {point['forbidden_rate']:<8.4g} [{low:.4g}, {high:.4g}]  run {point['run_id']}"
               f"{' (reused)' if point['reused'] else ''}{mark}")
+    for scale, why in result["failed"].items():
+        print(f"  scale {scale:<10} stopped: {why}; the search ended there")
     if found.chosen is None:
         print(f"  no scale tried met the target in {len(found.points)} runs; raise --max-runs or --start")
     else:

@@ -88,6 +88,9 @@ def target_section(store: Store, task: str, target: float, found: dict, methods:
                      "run": unguided["run_id"]})
     table = pd.DataFrame(rows).rename(columns={"forbidden_rate": "forbidden share"}).fillna("-")
     lines = [f"## Target: forbidden share <= {target:g}", "", table.to_markdown(index=False), ""]
+    for method in methods:
+        for scale, why in found[(target, method)].failed.items():
+            lines += [f"{LABELS.get(method, method)}: the run at scale {scale:g} stopped ({why}); the search ended there.", ""]
     missed = [LABELS.get(m, m) for m in methods if found[(target, m)].chosen is None]
     if missed:
         lines += [f"Not reached ({', '.join(missed)}): no scale tried met the target within the run budget (every point below).", ""]

@@ -18,7 +18,7 @@ from typing import Callable
 from negguide.bench.run.engine import RunOutcome, run_one
 from negguide.bench.run.executors import Executor
 from negguide.bench.run.plan import RunRequest, resolve
-from negguide.methods.errors import BenchError
+from negguide.methods.errors import BenchError, MethodError
 from negguide.methods.registry import method_class
 from negguide.results.store import CalibrationRecord, Store
 
@@ -47,6 +47,7 @@ class Calibration:
     target: float
     points: list[Point] = field(default_factory=list)
     chosen: Point | None = None
+    failed: dict[float, str] = field(default_factory=dict)  # scale -> the first line of why its run stopped (NaN or inf, say)
 
     @property
     def violations(self) -> list[tuple[Point, Point]]:
@@ -57,7 +58,8 @@ class Calibration:
     def as_dict(self) -> dict:
         return {"calibration_id": self.calibration_id, "task": self.request.task, "method": self.request.method, "target": self.target,
                 "params": self.request.params, "chosen": self.chosen.as_dict() if self.chosen else None,
-                "monotone": not self.violations, "points": [p.as_dict() for p in sorted(self.points, key=lambda p: p.scale)]}
+                "monotone": not self.violations, "points": [p.as_dict() for p in sorted(self.points, key=lambda p: p.scale)],
+                "failed": {_scale_text(scale): why for scale, why in self.failed.items()}}
 
 
 def calibration_id(request: RunRequest, target: float) -> str:
@@ -88,9 +90,13 @@ def calibrate(request: RunRequest, target: float, store: Store, executor: Execut
 
     def evaluate(scale: float) -> Point:
         if len(found.points) >= max_runs:
-            raise _Budget()
+            raise _Stop()
         point_request = replace(request, params={**request.params, "scale": _scale_text(scale)}, sweep_id=found.calibration_id)
-        outcome: RunOutcome = run_one(resolve(point_request), store, executor, progress=progress, device=device)
+        try:
+            outcome: RunOutcome = run_one(resolve(point_request), store, executor, progress=progress, device=device)
+        except MethodError as exc:  # the method broke down at this scale (it diverged): no point, and no search past it
+            found.failed[float(_scale_text(scale))] = str(exc).splitlines()[0]
+            raise _Stop() from None
         if "forbidden_rate" not in outcome.result["metrics"]:
             raise BenchError(f"task {request.task} reports no forbidden_rate: there is no safety to calibrate")
         low, high = outcome.result["intervals"]["forbidden_rate"]
@@ -102,7 +108,7 @@ def calibrate(request: RunRequest, target: float, store: Store, executor: Execut
 
     try:
         _search(evaluate, start, target, tolerance)
-    except _Budget:
+    except _Stop:
         pass
     meeting = [p for p in found.points if p.forbidden <= target]
     found.chosen = min(meeting, key=lambda p: p.scale) if meeting else None
@@ -113,8 +119,8 @@ def calibrate(request: RunRequest, target: float, store: Store, executor: Execut
     return found
 
 
-class _Budget(Exception):
-    """The run budget is spent: keep what was found."""
+class _Stop(Exception):
+    """The run budget is spent, or a run failed: keep what was found."""
 
 
 def _search(evaluate, start: float, target: float, tolerance: float) -> None:

@@ -33,6 +33,30 @@ def test_calibrate_finds_the_smallest_scale_and_reuses_its_runs(db, capsys):
     assert table.run_id.tolist() == [chosen["run_id"]] and table["rank"].tolist() == [1]
 
 
+UNSTABLE = """
+from negguide.methods import GuidanceMethod
+
+
+class UnstableNP(GuidanceMethod):
+    name = "unstable-np"
+
+    def guide(self, step, preds, state):
+        eps_u, eps_n = preds["uncond"], preds["neg"]
+        if self.params.scale > 1.5:  # diverges above this scale
+            return eps_u * float("nan"), state
+        return eps_u - self.params.scale * (eps_n - eps_u), state
+"""
+
+
+def test_calibrate_stops_where_a_method_diverges_and_keeps_its_points(db, capsys, tmp_path):
+    method = tmp_path / "unstable.py"
+    method.write_text(UNSTABLE)
+    found = cli_json(capsys, "calibrate", "--method", f"{method}:UnstableNP", *SMALL, "--target", "0.001")
+    assert [p["scale"] for p in found["points"]] == [1.0] and found["chosen"] is None  # scale 1 misses; doubling to 2 diverged
+    assert list(found["failed"]) == ["2"] and "produced NaN or inf at step 0" in found["failed"]["2"]
+    assert Store(db).runs()["run_id"].tolist() == [found["points"][0]["run_id"]]  # nothing stored for the failed run
+
+
 def test_calibrate_refuses_a_fixed_scale_and_bad_targets(db, capsys):
     for extra, message in ((["--param", "scale=2"], "calibrate chooses the scale"), (["--target", "1.5"], "--target must be a share")):
         assert bench_main(["calibrate", "--method", "np", *SMALL, *extra]) == 2
@@ -77,3 +101,11 @@ def test_shared_ranks_follow_interval_overlap():
     lows, highs = values - 0.2, values + 0.2
     assert shared_ranks(values, lows, highs, lower_better=True) == [1, 1, 3, 3]
     assert shared_ranks(values, lows, highs, lower_better=False) == [3, 3, 1, 1]
+
+
+def test_calibrate_says_where_the_method_diverged(db, capsys, tmp_path):
+    method = tmp_path / "unstable.py"
+    method.write_text(UNSTABLE)
+    assert bench_main(["calibrate", "--method", f"{method}:UnstableNP", *SMALL, "--target", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "scale 2          stopped: method 'unstable-np' produced NaN or inf at step 0" in out and "no scale tried met the target" in out
