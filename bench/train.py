@@ -37,6 +37,7 @@ from negguide.datasets.mnist_models import (
 from negguide.methods.schedule import Schedule
 
 TRAIN_STATE = "train_state.pt"
+RESUME_OVERRIDES = ("max_steps", "max_minutes", "save_every", "log_every")  # what --resume takes from the command line
 TRAINING_LOG = "training_log.csv"
 DDPM_LOG_FIELDS = ["step", "loss", "lr", "elapsed_s"]
 CLASSIFIER_LOG_FIELDS = ["epoch", "step", "loss", "train_accuracy", "test_accuracy", "lr", "elapsed_s"]
@@ -216,8 +217,10 @@ def train_ddpm(out: Path, config: DDPMConfig, resume: bool = False, command: str
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         smooth_loss = state["smooth_loss"]
-        config.steps_done, config.wall_time_s = saved.steps_done, saved.wall_time_s
-        config.init_from, config.init_steps = saved.init_from, saved.init_steps
+        # The run's recipe comes from its state; only the budget and the logging follow the command line.
+        for name, value in saved.to_dict().items():
+            if name not in RESUME_OVERRIDES:
+                setattr(config, name, value)
         truncate_log(out / TRAINING_LOG, config.steps_done)
         print(f"resumed at step {config.steps_done} ({config.wall_time_s:.0f} s done)", flush=True)
     else:

@@ -113,6 +113,22 @@ def test_tiny_ddpm_training_writes_files_and_round_trips(tmp_path: Path) -> None
     assert [int(r["step"]) for r in csv.DictReader(open(out / "training_log.csv"))] == [1, 2, 3]
 
 
+def test_warm_start_continues_a_model_and_resume_keeps_its_recipe(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from negguide.bench.train import train_ddpm
+
+    first = tmp_path / "first"
+    train_ddpm(first, tiny_ddpm_config(max_steps=2))
+    out = tmp_path / "continued"
+    start = train_ddpm(out, tiny_ddpm_config(max_steps=0, init_from=str(first), p_uncond=0.5, lr=3e-4))
+    assert start.init_steps == 2 and start.steps_done == 0
+    shipped, continued = load_file(str(first / "ema.safetensors")), load_file(str(out / "ema.safetensors"))
+    assert all(torch.equal(shipped[k], continued[k]) for k in shipped)  # the continuation starts from the EMA weights
+    resumed = train_ddpm(out, tiny_ddpm_config(max_steps=2), resume=True)  # the command line's recipe is the default one
+    assert (resumed.steps_done, resumed.init_steps, resumed.p_uncond, resumed.lr, resumed.init_from) == (2, 2, 0.5, 3e-4, str(first))
+
+
 def test_corrupt_or_missing_weights_give_one_line_errors(tmp_path: Path) -> None:
     from negguide.bench.train import train_ddpm
 
