@@ -126,7 +126,8 @@ def _source_files() -> list[str]:
 
 def _is_package_data(rel: str) -> bool:
     parts = rel.split("/")
-    return (len(parts) == 4 and parts[:2] == ["datasets", "weights"]) or (
+    # A model still in training (weights/NAME-training/) never ships, as pyproject excludes it.
+    return (len(parts) == 4 and parts[:2] == ["datasets", "weights"] and not parts[2].endswith("-training")) or (
         len(parts) == 3 and parts[:2] == ["datasets", "prompts"] and rel.endswith(".json"))
 
 
