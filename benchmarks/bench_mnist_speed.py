@@ -70,8 +70,11 @@ def bare_dng_loop(unet: torch.nn.Module, null_label: int, samples: int, steps: i
     return time.perf_counter() - start
 
 
-def bench_run(args: list[str], db: Path) -> tuple[float, dict]:
-    """Wall seconds and the --json result of one `bench run` in a child process."""
+def bench_run(args: list[str], folder: Path) -> tuple[float, dict]:
+    """Wall seconds and the --json result of one `bench run` in a child process, with a fresh store in `folder`
+    (its artifacts live beside it: a shared folder would let later runs resume from earlier shard files)."""
+    folder.mkdir(parents=True)
+    db = folder / "bench.duckdb"
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "negguide.bench.cli", "run", *args, "--db", str(db), "--json"],
                           capture_output=True, text=True, check=True)
@@ -94,9 +97,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
             bare.append(bare_dng_loop(unet, config.null_label, args.samples, args.steps))
-            _, result = bench_run(run_args, Path(scratch) / f"harness{repeat}.duckdb")
+            _, result = bench_run(run_args, Path(scratch) / f"harness{repeat}")
+            assert not result["reused"] and result["shards_resumed"] == 0, "the harness run must draw every sample"
             harness.append(result["timings"]["sampling_s"])
-        main_wall, main_result = bench_run(["--method", "dng", "--task", "mnist-remove-0"], Path(scratch) / "main.duckdb")
+        main_wall, main_result = bench_run(["--method", "dng", "--task", "mnist-remove-0"], Path(scratch) / "main")
     forwards = 2 * args.samples * args.steps
     print(f"DNG, {args.samples} samples x {args.steps} steps ({forwards:,} image forwards), {args.repeats} repeats side by side:")
     print(f"  bare loop          median {statistics.median(bare):7.1f} s  ({1000 * statistics.median(bare) / forwards:.2f} ms per image forward)  all {[round(v, 1) for v in bare]}")
