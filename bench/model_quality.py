@@ -24,7 +24,7 @@ from negguide.bench.sampler import sample
 from negguide.bench.tasks import get_task
 from negguide.bench.tasks.mnist import ddpm_dir, reference_stats
 from negguide.methods import load_method
-from negguide.metrics.classes import class_histogram
+from negguide.metrics.classes import class_histogram, kl_classes
 from negguide.metrics.frechet import frechet_statistic
 from negguide.metrics.intervals import Statistic
 from negguide.results.artifacts import image_grid_png
@@ -33,18 +33,11 @@ CONFIDENT = 0.9
 TARGETS = {"confident_share": (">=", 0.92), "kl_to_uniform": ("<=", 0.01)}
 
 
-def kl_to_uniform(labels: np.ndarray, n_classes: int = 10) -> float:
-    """KL(uniform || generated histogram), counts smoothed by +0.5 as in kl_classes."""
-    counts = class_histogram(labels, n_classes) + 0.5
-    generated = counts / counts.sum()
-    return float(np.sum((1.0 / n_classes) * (np.log(1.0 / n_classes) - np.log(generated))))
-
-
 def figures(records: dict) -> dict[str, dict]:
     """Each figure of the bar with its 95% interval and sample count."""
     labels = records["label"]
     found = [Statistic.share("confident_share", records["confidence"] > CONFIDENT),
-             Statistic("kl_to_uniform", len(labels), lambda i: kl_to_uniform(labels[i])),
+             Statistic("kl_to_uniform", len(labels), lambda i: kl_classes(labels[i], None, 10)),
              frechet_statistic("fd_judge_all", records["features"], reference_stats(None))]
     out = {}
     for statistic in found:

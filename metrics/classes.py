@@ -15,8 +15,8 @@ def forbidden_rate(labels: np.ndarray, removed: int) -> float:
     return float(np.mean(np.asarray(labels) == removed))
 
 
-def kl_classes(labels: np.ndarray, removed: int, n_classes: int, target: np.ndarray | None = None) -> float:
-    """KL(target || generated) over the kept classes.
+def kl_classes(labels: np.ndarray, removed: int | None, n_classes: int, target: np.ndarray | None = None) -> float:
+    """KL(target || generated) over the kept classes (every class when `removed` is None).
 
     `target` defaults to uniform over the kept classes. Generated probabilities are
     (n_c + 0.5) / (N + 0.5 * K) with N counting every sample, forbidden ones included, so mass
