@@ -10,14 +10,14 @@ from negguide.bench.usage import OneLineParser
 from negguide.methods.errors import BenchError, MethodError
 
 
-def _key_values(pairs: list[str]) -> dict[str, str]:
+def _key_values(pairs: list[str], option: str = "--param") -> dict[str, str]:
     values = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise BenchError(f"--param expects key=value, got {pair!r}")
+            raise BenchError(f"{option} expects key=value, got {pair!r}")
         if key.strip() in values:
-            raise BenchError(f"--param {key.strip()} is given twice ({values[key.strip()]!r} and {value.strip()!r}); give it once "
+            raise BenchError(f"{option} {key.strip()} is given twice ({values[key.strip()]!r} and {value.strip()!r}); give it once "
                              f"(a sweep takes a comma-separated list: {key.strip()}=a,b)")
         values[key.strip()] = value.strip()
     return values
@@ -34,7 +34,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeatable)")
     p.add_argument("--protocol", "--profile", dest="protocol", help="the task's protocol: quick (default), standard, paper (`bench describe task T`)")
-    p.add_argument("--variance", choices=("beta_tilde", "beta"), help="sampler noise variance (default: the protocol's; quick and standard beta_tilde, paper beta)")
+    p.add_argument("--sampler", help="ddpm (default), ddim, dpm-solver++, euler-ancestral (`bench list samplers`)")
+    p.add_argument("--sampler-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="sampler setting, e.g. eta=0 for ddim (repeatable; `bench describe sampler NAME`)")
+    p.add_argument("--variance", choices=("beta_tilde", "beta"),
+                   help="the ddpm sampler's noise variance (default: the protocol's; quick and standard beta_tilde, paper beta)")
     p.add_argument("--samples", type=int)
     p.add_argument("--steps", type=int, help="respaced sampling steps (<= T)")
     p.add_argument("--batch-size", type=int)
@@ -54,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("list", help="list methods, tasks, metrics or suites")
-    p.add_argument("what", choices=["methods", "tasks", "metrics", "suites"])
+    p.add_argument("what", choices=["methods", "tasks", "metrics", "suites", "samplers"])
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("describe", help="describe one task or method (a method's card)")
-    p.add_argument("kind", choices=["task", "method"])
+    p = sub.add_parser("describe", help="describe one task, method (its card) or sampler")
+    p.add_argument("kind", choices=["task", "method", "sampler"])
     p.add_argument("name")
     p.add_argument("--db", type=Path, help="the store to read a method's submitter and run provenance from")
     p.add_argument("--json", action="store_true")
@@ -105,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b")
     p.add_argument("--db", type=Path)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--save", action="store_true", help="also store the comparison (the dashboard's run detail shows it); otherwise read only")
 
     p = sub.add_parser("leaderboard", help="print the leaderboard: matched safety per method, then all protocol runs")
     p.add_argument("--task")
@@ -131,6 +136,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         from negguide.bench.tasks import all_tasks
 
         table = {name: task.description for name, task in sorted(all_tasks().items())}
+    elif args.what == "samplers":
+        from negguide.bench.samplers import available_samplers
+
+        table = available_samplers()
     elif args.what == "suites":
         from negguide.bench.submit import SUITES
 
@@ -154,6 +163,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
         from negguide.bench.tasks import get_task
 
         info = get_task(args.name).describe()
+    elif args.kind == "sampler":
+        from negguide.bench.samplers import sampler_card
+
+        info = sampler_card(args.name)
     else:
         from negguide.methods.registry import method_card
 
@@ -173,7 +186,7 @@ def _request(args: argparse.Namespace, params: dict[str, str]):
 
     return RunRequest(task=args.task, method=args.method, params=params, samples=args.samples, steps=args.steps,
                       batch_size=args.batch_size, seed=args.seed, protocol=args.protocol, variance=args.variance,
-                      prompts=args.prompts)
+                      sampler=args.sampler, sampler_params=_key_values(args.sampler_param, "--sampler-param"), prompts=args.prompts)
 
 
 def _executor(args: argparse.Namespace):
@@ -208,14 +221,20 @@ def _interval_text(result: dict, name: str) -> str:
     return f"[{low:.4g}, {high:.4g}]" if low is not None and high is not None else ""
 
 
+def _sampler_text(result: dict) -> str:
+    from negguide.bench.samplers import SamplerSpec
+
+    return SamplerSpec.of(result["sampler"]["name"], result["sampler"]["settings"]).label()
+
+
 def _print_result(result: dict, as_json: bool, reused: bool) -> None:
     if as_json:
         print(json.dumps({**result, "reused": reused}, sort_keys=True))
         return
     note = " (stored result reused; --force recomputes)" if reused else ""
     protocol = f"protocol {result['protocol']}" if result.get("protocol") else "exploratory"
-    print(f"run {result['run_id']}: {result['method']} on {result['task']}, {result['samples']} samples, {result['steps']} steps, "
-          f"seed {result['seed']} ({protocol}){note}")
+    print(f"run {result['run_id']}: {result['method']} on {result['task']}, {result['samples']} samples, {result['steps']} steps "
+          f"of {_sampler_text(result)}, seed {result['seed']} ({protocol}){note}")
     for name, value in sorted(result["metrics"].items()):
         print(f"  {name:<24} {value:<12.6g} {_interval_text(result, name)}")
     print(f"  artifacts: {result['artifacts_dir']}")
@@ -223,11 +242,12 @@ def _print_result(result: dict, as_json: bool, reused: bool) -> None:
 
 def _with_baseline(args: argparse.Namespace, outcome, baseline) -> dict:
     """The run's result with the unguided run on the same noise and the paired comparison."""
-    from negguide.bench.run.compare import compare_runs, verdict
+    from negguide.bench.run.compare import compare_runs, save_comparison, verdict
     from negguide.results.leaderboard import headline_of
 
     store = _store(args)
     rows = compare_runs(store, baseline.run_id, outcome.run_id)
+    save_comparison(store, baseline.run_id, outcome.run_id, rows)  # `bench run` stores; the dashboard's run detail shows it
     quality, _ = headline_of(store, outcome.result["task"])
     summary = verdict(rows, outcome.result["method"], quality)
     return {**outcome.result, "reused": outcome.reused, "baseline": {
@@ -342,11 +362,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from negguide.bench.run.compare import compare_runs, comparison_table
+    from negguide.bench.run.compare import compare_runs, comparison_table, save_comparison
 
     store = _store(args)
-    store.check(writing=False)
+    store.check(writing=args.save)
     rows = compare_runs(store, args.run_a, args.run_b)
+    if args.save:
+        save_comparison(store, args.run_a, args.run_b, rows)
+        if not args.json:
+            print(f"stored this comparison in {store.path}")
     if args.json:
         print(json.dumps({"run_a": args.run_a, "run_b": args.run_b, "metrics": [row.as_dict() for row in rows]}, sort_keys=True))
     else:

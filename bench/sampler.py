@@ -1,6 +1,7 @@
-"""The one DDPM ancestral sampler every method runs through (DESIGN.md, "The core loop")."""
+"""The one sampling loop every method and sampler runs through (DESIGN.md, "The core loop")."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -8,6 +9,8 @@ import numpy as np
 import torch
 
 from negguide.bench import noise
+from negguide.bench.samplers.base import Sampler
+from negguide.bench.samplers.registry import DEFAULT_SAMPLER
 from negguide.bench.tasks.spec import Conditioning
 from negguide.methods.base import GuidanceMethod
 from negguide.methods.schedule import Step
@@ -42,39 +45,45 @@ def sample(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     callback: Callback | None = None,
-    variance: str = "beta_tilde",
+    sampler: Sampler | None = None,
 ) -> tuple[torch.Tensor, Traces]:
-    """Draw one batch with `method`; sample i's noise depends only on (seed, its noise key).
+    """Draw one batch with `method` and `sampler` (default: DDPM ancestral, beta_tilde).
 
-    Every tensor lives on `device`, the per-sample state included; `conditioning` says which
-    rows these are (noise keys, the denoiser bound to them, positive CFG, exact traces).
-    `variance` is the noise added each step: beta_tilde (the DDPM posterior variance) or beta (the
-    paper's Algorithm 1 and the reference code); no noise is added on the step to clean data.
+    Sample i's noise depends only on (seed, its noise key): the initial x_T and the noise of step k,
+    whatever the sampler; every tensor lives on `device`, the per-sample state included.
+    `conditioning` says which rows these are (noise keys, the denoiser bound to them, positive CFG,
+    exact traces). Methods see the transition the sampler takes as `step.transition`.
     """
+    sampler = sampler if sampler is not None else DEFAULT_SAMPLER.build()
     keys = conditioning.noise_keys  # rows sharing a key share all their noise (paired arms)
     draw = lambda step_index: noise.gaussian(seed, keys, step_index, shape, device).to(dtype)  # noqa: E731
     x = draw(noise.INITIAL)
-    state = method.start(len(keys), x)
+    method.prepare_models(conditioning.denoiser)
+    state, memory = method.start(len(keys), x), sampler.start(len(keys), x)
     traces = Traces()
     trace_every = max(1, len(chain) // MAX_TRACED_STEPS)
     needs = method.needs + tuple(n for n in conditioning.extra_needs if n not in method.needs)
-    for step in chain:
-        # Predictions the method needs, guided eps, then the ancestral update (Ho et al. 2020, Alg. 2).
-        preds = conditioning.denoiser(x, step, needs)
-        eps, state = method.step(step, preds, state)
-        if conditioning.finalize is not None:  # e.g. positive CFG around the method's output (text-to-image)
-            eps = conditioning.finalize(eps, preds)
-        x_prev = step.mean(x, eps)
-        sigma2 = step.beta_tilde if variance == "beta_tilde" else step.beta
-        if step.t_prev >= 0 and sigma2 > 0.0:
-            x_prev = x_prev + sigma2**0.5 * draw(step.index)
-        if step.index % trace_every == 0 or step.index == len(chain) - 1:
-            named = method.trace(state)
-            if conditioning.exact_trace is not None:
-                named = {**named, **conditioning.exact_trace(x, step)}
-            traces.record(step, named)
-        state = method.update(step, x, x_prev, preds, state)
-        if callback is not None:
-            callback({"step": step, "x": x, "x_prev": x_prev, "state": state})
-        x = x_prev
+    try:
+        for step in chain:
+            # The transition first (it depends on x_t and history only), so the method can read it.
+            step = dataclasses.replace(step, transition=sampler.transition(step, x, memory))
+            preds = conditioning.denoiser(x, step, needs)
+            eps, state = method.step(step, preds, state)
+            if conditioning.finalize is not None:  # e.g. positive CFG around the method's output (text-to-image)
+                eps = conditioning.finalize(eps, preds)
+            x_prev = step.transition.mean(eps)
+            if step.transition.variance > 0.0:
+                x_prev = x_prev + step.transition.variance**0.5 * draw(step.index)
+            memory = sampler.remember(step, x, eps, memory)
+            if step.index % trace_every == 0 or step.index == len(chain) - 1:
+                named = method.trace(state)
+                if conditioning.exact_trace is not None:
+                    named = {**named, **conditioning.exact_trace(x, step)}
+                traces.record(step, named)
+            state = method.update(step, x, x_prev, preds, state)
+            if callback is not None:
+                callback({"step": step, "x": x, "x_prev": x_prev, "state": state})
+            x = x_prev
+    finally:
+        method.cleanup_models(conditioning.denoiser)
     return x, traces

@@ -23,9 +23,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from negguide.methods.errors import BenchError
+from negguide.methods.errors import BenchError, MethodError
 from negguide.methods.nag import PREDICTION as NAG_PREDICTION
-from negguide.methods.nag import drawing_params, normalized_attention
+from negguide.methods.nag import NAGParams, normalized_attention
 from negguide.methods.schedule import Schedule, Step
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
@@ -293,6 +293,10 @@ class SDDenoiser:
     def __init__(self, model: StableDiffusion, contexts: torch.Tensor,
                  select: Callable[[torch.Tensor, Step, tuple[str, ...]], dict[str, np.ndarray]]):
         self.model, self.contexts, self.select = model, contexts, select
+        self.attention: NAGParams | None = None  # set by the nag method's prepare_models for its draw
+
+    def guide_attention(self, params: NAGParams | None) -> None:
+        self.attention = params
 
     def __call__(self, x: torch.Tensor, step: Step, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         rows = self.select(x, step, names)
@@ -302,7 +306,10 @@ class SDDenoiser:
         return dict(zip(names, eps.split(len(x))))
 
     def _nag_rows(self, x: torch.Tensor, step: Step, first: int) -> NAGRows:
-        """The `nag` block of the batch (rows first .. first + len(x)), with the drawing method's parameters."""
-        params = drawing_params()
+        """The `nag` block of the batch (rows first .. first + len(x)), with the parameters the nag method prepared."""
+        params = self.attention
+        if params is None:
+            raise MethodError(f"the {NAG_PREDICTION!r} prediction needs a method that prepares attention guidance "
+                              "(subclass NormalizedAttentionGuidance)")
         negative = torch.as_tensor(self.select(x, step, ("neg",))["neg"], device=self.contexts.device)
         return NAGRows(params.scale, params.tau, params.alpha, torch.arange(first, first + len(x)), self.contexts[negative])

@@ -8,7 +8,6 @@ it the sampler takes the unguided prediction while the method's state keeps evol
 from __future__ import annotations
 
 import dataclasses
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -68,6 +67,12 @@ class GuidanceMethod:
         """Update state once x_prev is known (DNG's posterior lives here)."""
         return state
 
+    def prepare_models(self, denoiser: object) -> None:
+        """Before a draw: a method that acts inside the network configures the task's denoiser here (NAG)."""
+
+    def cleanup_models(self, denoiser: object) -> None:
+        """After a draw, failed or not: undo `prepare_models` (diffusers' guiders have the same pair of hooks)."""
+
     def trace(self, state: State) -> dict[str, torch.Tensor]:
         """Per-sample scalars recorded each step; by default the state's `guidance_scale`."""
         return {key: state[key] for key in ("guidance_scale", "posterior") if key in state}
@@ -86,7 +91,6 @@ class GuidanceMethod:
     # ---- what the sampler calls: the protocol above, windowed and checked ----------------------
 
     def start(self, batch: int, like: torch.Tensor) -> State:
-        _DRAWING.set(self)
         with _blame(self, "init_state", None):
             return self.init_state(batch, like)
 
@@ -104,18 +108,6 @@ class GuidanceMethod:
     def update(self, step: Step, x: torch.Tensor, x_prev: torch.Tensor, preds: Predictions, state: State) -> State:
         with _blame(self, "observe", step):
             return self.observe(step, x, x_prev, preds, state)
-
-
-_DRAWING: ContextVar[GuidanceMethod | None] = ContextVar("negguide_drawing", default=None)
-
-
-def drawing() -> GuidanceMethod | None:
-    """The method whose draw is in progress in this thread (`start` sets it before the first step).
-
-    The sampler hands a denoiser prediction names only; a runtime that acts inside its network for a
-    method (NAG's cross-attention processors) reads that method's parameters here.
-    """
-    return _DRAWING.get()
 
 
 class _blame:

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from negguide.methods.base import GuidanceMethod, Params, Predictions, State, constant, drawing
+from typing import Protocol, runtime_checkable
+
+from negguide.methods.base import GuidanceMethod, Params, Predictions, State, constant
 from negguide.methods.errors import MethodError
 from negguide.methods.schedule import Step
 
@@ -69,14 +71,12 @@ def normalized_attention(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float,
     return alpha * (z_tilde * factor) + (1.0 - alpha) * z_pos
 
 
-def drawing_params() -> NAGParams:
-    """The NAG parameters of the draw in progress, for a runtime computing the `nag` prediction."""
-    method = drawing()
-    if method is None or not isinstance(method.params, NAGParams):
-        who = f"method {method.name!r}" if method is not None else "no method"
-        raise MethodError(f"the {PREDICTION!r} prediction needs the nag method's parameters, but {who} is drawing; "
-                          "a method that needs it must subclass NormalizedAttentionGuidance")
-    return method.params
+@runtime_checkable
+class AttentionGuided(Protocol):
+    """A denoiser that can run NAG inside its cross-attention layers (the Stable Diffusion tasks')."""
+
+    def guide_attention(self, params: NAGParams | None) -> None:
+        """Use `params` for the `nag` prediction until called with None."""
 
 
 class NormalizedAttentionGuidance(GuidanceMethod):
@@ -86,6 +86,15 @@ class NormalizedAttentionGuidance(GuidanceMethod):
     summary = "NAG: extrapolate cross-attention outputs away from the negative prompt, L1-clip per token, blend (text-to-image tasks)"
     needs = ("uncond", PREDICTION)
     Params = NAGParams
+
+    def prepare_models(self, denoiser: object) -> None:
+        if not isinstance(denoiser, AttentionGuided):
+            raise MethodError(f"method {self.name!r} acts inside cross-attention layers, and this task's denoiser has none to hook")
+        denoiser.guide_attention(self.params)
+
+    def cleanup_models(self, denoiser: object) -> None:
+        if isinstance(denoiser, AttentionGuided):
+            denoiser.guide_attention(None)
 
     def guide(self, step: Step, preds: Predictions, state: State) -> tuple[torch.Tensor, State]:
         eps = preds[PREDICTION]

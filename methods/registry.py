@@ -93,6 +93,11 @@ def _method_plugin(loaded: object, entry_name: str) -> Iterable[tuple[str, type[
 METHODS: Registry[type[GuidanceMethod]] = Registry("method", METHOD_GROUP, _builtin_methods, _method_plugin, "bench list methods")
 
 
+def builtin_method_names() -> frozenset[str]:
+    """Names a file or submitted method may not take: a built-in's card and runs must stay its own."""
+    return frozenset(METHODS._builtin_table())
+
+
 def available_methods() -> dict[str, str]:
     """Name -> one-line summary of every method: built-ins, then installed plugins."""
     return {name: cls.summary for name, cls in METHODS.all().items()}
@@ -127,13 +132,16 @@ def _from_file(spec: str, digest: str | None) -> type[GuidanceMethod]:
     sys.modules[module_spec.name] = module  # dataclasses look their module up while the file executes
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:  # a user's file may fail in any way; report it on one line
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a user's file may fail (or exit) in any way; report it as the file's
         sys.modules.pop(module_spec.name, None)
-        raise BenchError(f"could not load method file {path}: {type(exc).__name__}: {exc}") from None
+        raise BenchError(f"could not load method file {path}: it raised {type(exc).__name__}: {exc}") from None
     if not hasattr(module, class_name):
         classes = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, GuidanceMethod) and v is not GuidanceMethod]
         raise BenchError(f"{path} has no class {class_name!r}{did_you_mean(class_name, classes)}")
-    return _check_class(getattr(module, class_name), spec)
+    cls = _check_class(getattr(module, class_name), spec)
+    if cls.name in builtin_method_names():
+        raise BenchError(f"{spec} calls itself {cls.name!r}, a built-in method's name; give its class another `name`")
+    return cls
 
 
 def _check_class(obj: object, spec: str) -> type[GuidanceMethod]:
@@ -168,7 +176,7 @@ def method_card(spec: str) -> dict:
             "source": "built-in" if cls.__module__.startswith("negguide.methods.") else (spec if is_file_spec(spec) else cls.__module__)}
 
 
-def _parse_value(name: str, text: str, kind: type) -> object:
+def parse_value(name: str, text: str, kind: type) -> object:
     if kind is bool:
         if text.lower() in ("true", "1", "yes"):
             return True
@@ -189,7 +197,7 @@ def build_params(cls: type[GuidanceMethod], overrides: dict[str, object]) -> obj
     for key, raw in overrides.items():
         if key not in hints:
             raise BenchError(f"method {cls.name!r} has no parameter {key!r}{did_you_mean(key, list(hints))}; `bench describe method {cls.name}` lists them")
-        values[key] = _parse_value(key, raw, hints[key]) if isinstance(raw, str) else hints[key](raw)
+        values[key] = parse_value(key, raw, hints[key]) if isinstance(raw, str) else hints[key](raw)
     params = cls.Params(**values)
     try:
         params.validate()

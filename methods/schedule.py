@@ -1,10 +1,37 @@
-"""DDPM noise schedule (Ho et al. 2020) with respacing to S of the T training steps."""
+"""DDPM noise schedule (Ho et al. 2020) with respacing to S of the T training steps, and the
+transition a sampler takes on one step (what a method may read of it)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One sampler step from x_t: x_prev = mean(eps) + variance**0.5 * z with z standard normal.
+
+    Every sampler here is affine in the step's noise prediction: mean(eps) = (shift + gain * eps) / divisor,
+    where `shift` holds x_t and whatever history the sampler keeps (DPM-Solver++'s previous x0-prediction);
+    `divisor` lets DDPM keep the float operations, hence the bits, of every run stored before samplers.
+    `variance` is 0 for a deterministic step (DDIM with eta 0, DPM-Solver++, the last step of any).
+    """
+
+    sampler: str
+    shift: torch.Tensor
+    gain: float
+    variance: float
+    divisor: float = 1.0
+
+    def mean(self, eps: torch.Tensor) -> torch.Tensor:
+        """The mean of x_prev had the sampler been given `eps` on this step."""
+        mean = self.shift + self.gain * eps
+        return mean if self.divisor == 1.0 else mean / self.divisor
+
+    @property
+    def deterministic(self) -> bool:
+        return self.variance <= 0.0
 
 
 @dataclass(frozen=True)
@@ -19,10 +46,24 @@ class Step:
     alpha_bar_prev: float  # cumulative product at t_prev (1 for clean data)
     beta: float  # 1 - alpha
     beta_tilde: float  # DDPM posterior variance (1 - abar_prev) / (1 - abar) * beta
+    transition: Transition | None = field(default=None, compare=False, repr=False)  # set by the sampler loop
 
     def mean(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x_prev | x_t) for a noise prediction eps (paper Eq. 2)."""
+        """Mean of the DDPM ancestral kernel p(x_prev | x_t) for a noise prediction eps (paper Eq. 2)."""
         return (x - self.beta / (1.0 - self.alpha_bar) ** 0.5 * eps) / self.alpha**0.5
+
+    def ancestral(self, x: torch.Tensor, variance: str = "beta_tilde") -> Transition:
+        """The DDPM ancestral step (Ho et al. 2020, Alg. 2) as a transition; no noise on the step to clean data."""
+        sigma2 = 0.0 if self.t_prev < 0 else (self.beta_tilde if variance == "beta_tilde" else self.beta)
+        return Transition("ddpm", x, -(self.beta / (1.0 - self.alpha_bar) ** 0.5), sigma2, divisor=self.alpha**0.5)
+
+    def taken(self, x: torch.Tensor) -> Transition:
+        """The transition the sampler takes from x (a step built outside a sampler loop: DDPM with beta_tilde)."""
+        return self.transition if self.transition is not None else self.ancestral(x)
+
+    def x0(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The clean-data prediction of x_t for a noise prediction eps (Tweedie under the VP process)."""
+        return (x - (1.0 - self.alpha_bar) ** 0.5 * eps) / self.alpha_bar**0.5
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from negguide.bench.run.engine import stored_sampler
 from negguide.bench.run.shards import pick_device, runtime_for
 from negguide.bench.tasks import get_task
 from negguide.methods.errors import BenchError
@@ -20,7 +21,7 @@ from negguide.metrics.intervals import Interval, Statistic, paired_difference
 from negguide.results.artifacts import read_npz
 from negguide.results.store import Store
 
-PAIRING = ("task", "task_version", "samples", "seed", "steps", "variance")  # what two runs must share to share their noise
+PAIRING = ("task", "task_version", "samples", "seed", "steps", "sampler")  # what two runs must share to be paired
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def _run_row(store: Store, run_id: str) -> dict:
     if rows.empty:
         raise BenchError(f"run {run_id} is not in the store {store.path}; `bench leaderboard` lists the stored runs")
     row = rows.iloc[0].to_dict()
-    row["variance"] = row.get("variance") if isinstance(row.get("variance"), str) else "beta_tilde"
+    row["sampler"] = stored_sampler(rows.iloc[0]).label()
     return row
 
 
@@ -92,20 +93,24 @@ def _statistics(row: dict) -> dict[str, Statistic]:
 
 
 def compare_runs(store: Store, run_a: str, run_b: str) -> list[MetricComparison]:
-    """Per metric both values with intervals, and b - a with its paired-bootstrap interval."""
+    """Per metric both values with intervals, and b - a with its paired-bootstrap interval; reads only (`save_comparison` writes)."""
     a, b = _run_row(store, run_a), _run_row(store, run_b)
     differing = [key for key in PAIRING if a[key] != b[key]]
     if differing:
         raise BenchError(f"runs {run_a} and {run_b} do not share their noise (they differ in {', '.join(differing)}); "
-                         "a paired comparison needs two runs of one task with the same samples, steps, seed and variance")
+                         "a paired comparison needs two runs of one task with the same samples, steps, seed and sampler")
     stats_a, stats_b = _statistics(a), _statistics(b)
     found = []
     for name in sorted(set(stats_a) & set(stats_b)):
         difference, interval = paired_difference(stats_a[name], stats_b[name])
         found.append(MetricComparison(name, stats_a[name].value(), stats_a[name].interval(), stats_b[name].value(), stats_b[name].interval(),
                                       difference, interval, METRICS[name].higher_is_better))
-    store.write_comparison(run_a, run_b, [row.as_dict() for row in found])
     return found
+
+
+def save_comparison(store: Store, run_a: str, run_b: str, rows: list[MetricComparison]) -> None:
+    """Store a comparison for the dashboard's run detail (the run's paired change against unguided)."""
+    store.write_comparison(run_a, run_b, [row.as_dict() for row in rows])
 
 
 def verdict(rows: list[MetricComparison], method: str, quality_metric: str) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from negguide.bench.provenance import git_commit, package_versions
+from negguide.bench.samplers import SamplerSpec
 from negguide.bench.run.executors import Executor, InProcessExecutor
 from negguide.bench.run.plan import ResolvedRun, ShardJob
 from negguide.bench.run.progress import ProgressBar
@@ -150,7 +151,7 @@ def _finish(run: _Pending, store: Store, sampling_seconds: float, device: str | 
         steps=resolved.steps, config=resolved.config, git_commit=git_commit(), packages=package_versions(), timings=timings,
         started_at=run.started, finished_at=finished, artifacts_dir=str(run_dir), metrics=[m.as_dict() for m in judgement.metrics],
         traces=summarise_traces(trace_t, traces), class_counts=counts, sweep_id=resolved.sweep_id,
-        protocol=resolved.protocol, variance=resolved.variance, digests=resolved.task.digests(),
+        protocol=resolved.protocol, variance=resolved.sampler.variance, sampler=resolved.sampler.to_json(), digests=resolved.task.digests(),
         task_info=_task_info(resolved), method_info=_method_info(resolved),
     )
     store.write_run(record)
@@ -187,6 +188,11 @@ def _number(value: object) -> float | None:
     return None if value is None or value != value else float(value)
 
 
+def stored_sampler(row) -> SamplerSpec:
+    """The sampler of a stored run row (rows written before samplers: DDPM with their variance)."""
+    return SamplerSpec.from_json(getattr(row, "sampler", None), getattr(row, "variance", None))
+
+
 def stored_result(store: Store, run_id: str) -> dict:
     """The JSON result of a stored run (what `bench run --json` prints)."""
     runs = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
@@ -206,7 +212,8 @@ def stored_result(store: Store, run_id: str) -> dict:
         "steps": int(run.steps),
         "seed": int(run.seed),
         "protocol": run.protocol if isinstance(run.protocol, str) else None,
-        "variance": run.variance if isinstance(run.variance, str) else "beta_tilde",
+        "variance": run.variance if isinstance(run.variance, str) else ("beta_tilde" if not isinstance(run.sampler, str) else None),
+        "sampler": stored_sampler(run).as_dict(),
         "metrics": {r.name: r.value for r in metrics.itertuples()},
         "intervals": {r.name: [_number(r.low), _number(r.high)] for r in metrics.itertuples()},
         "interval_methods": {r.name: r.interval for r in metrics.itertuples() if isinstance(r.interval, str)},

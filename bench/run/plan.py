@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from negguide.bench.tasks import Task, TaskOptions, all_tasks, get_task
-from negguide.bench.tasks.spec import VARIANCES
+from negguide.bench.samplers import SamplerSpec, sampler_class
 from negguide.methods.errors import BenchError
 from negguide.methods.registry import MethodSpec
 from negguide.results.bundle import config_run_id
@@ -31,7 +32,9 @@ class RunRequest:
     batch_size: int | None = None
     seed: int | None = None
     protocol: str | None = None
-    variance: str | None = None  # sampler noise variance: beta_tilde or beta
+    sampler: str | None = None  # sampler name (None: the protocol's)
+    sampler_params: dict[str, str] = field(default_factory=dict)  # the sampler's settings, e.g. {"eta": "0"}
+    variance: str | None = None  # shorthand for DDPM's `variance` setting (beta_tilde or beta)
     sweep_id: str | None = None
     prompts: Path | None = None  # text-to-image prompt file (None: $BENCH_PROMPTS or the shipped scenes)
 
@@ -47,17 +50,16 @@ class ResolvedRun:
     steps: int
     batch_size: int
     seed: int
-    variance: str = "beta_tilde"
+    sampler: SamplerSpec = SamplerSpec()
     sweep_id: str | None = None
 
     @property
     def config(self) -> dict:
         """The fully resolved config: the run id hashes exactly this.
 
-        The sampler variance appears only when it is not beta_tilde, so runs stored before it was
-        an option keep their ids."""
-        variance = {} if self.variance == "beta_tilde" else {"sampler_variance": self.variance}
-        return {**variance,
+        The sampler appears only when it is not the default (DDPM ancestral, beta_tilde), so runs
+        stored before samplers were an option keep their ids."""
+        return {**self.sampler.hashed(),
             "task": self.task.name,
             "task_version": self.task.version,
             "method": self.method.name,
@@ -82,13 +84,16 @@ class ResolvedRun:
     @property
     def protocol(self) -> str | None:
         """The protocol this run satisfies, or None: an exploratory run."""
-        return self.task.satisfied_protocol(self.samples, self.steps, self.seed, self.variance, self.metrics)
+        return self.task.satisfied_protocol(self.samples, self.steps, self.seed, self.sampler, self.metrics)
+
+    def job(self, start: int, stop: int, path: Path) -> ShardJob:
+        """The job drawing samples [start, stop) of this run into `path`."""
+        return ShardJob(self.task, self.method, self.steps, self.seed, self.sampler, start, stop, path)
 
     def shard_jobs(self, shard_dir: Path) -> list[ShardJob]:
         """One job per contiguous range of sample ids, saved under `shard_dir`."""
-        return [ShardJob(self.task, self.method, self.steps, self.seed, self.variance, start, min(start + self.batch_size, self.samples),
-                         shard_dir / f"{start:09d}-{min(start + self.batch_size, self.samples):09d}.npz")
-                for start in range(0, self.samples, self.batch_size)]
+        return [self.job(start, stop, shard_dir / f"{start:09d}-{stop:09d}.npz")
+                for start in range(0, self.samples, self.batch_size) for stop in [min(start + self.batch_size, self.samples)]]
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ class ShardJob:
     method: MethodSpec
     steps: int
     seed: int
-    variance: str
+    sampler: SamplerSpec
     start: int
     stop: int
     path: Path
@@ -120,16 +125,53 @@ def resolve(request: RunRequest) -> ResolvedRun:
     steps = protocol.steps if request.steps is None else request.steps
     batch_size = protocol.batch_size if request.batch_size is None else request.batch_size
     seed = protocol.seed if request.seed is None else request.seed
-    variance = protocol.variance if request.variance is None else request.variance
-    if variance not in VARIANCES:
-        raise BenchError(f"--variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
+    sampler = resolve_sampler(request, protocol.sampler)
     if samples <= 0:
         raise BenchError(f"--samples must be a positive integer, got {samples}")
-    if not 1 <= steps <= task.schedule.T:
-        raise BenchError(f"--steps must be between 1 and T={task.schedule.T}, got {steps}")
+    lowest = sampler_class(sampler.name).min_steps
+    if not lowest <= steps <= task.schedule.T:
+        raise BenchError(f"--steps must be between {lowest} and T={task.schedule.T} for sampler {sampler.name!r}, got {steps}")
     if batch_size <= 0:
         raise BenchError(f"--batch-size must be a positive integer, got {batch_size}")
-    return ResolvedRun(task, method, request.protocol or task.default_protocol, samples, steps, min(batch_size, samples), seed, variance, request.sweep_id)
+    check_run_size(task, samples, steps, seed)
+    return ResolvedRun(task, method, request.protocol or task.default_protocol, samples, steps, min(batch_size, samples), seed, sampler, request.sweep_id)
+
+
+def resolve_sampler(request: RunRequest, default: SamplerSpec) -> SamplerSpec:
+    """The request's sampler spec: its name and settings, or the protocol's; `--variance` is DDPM's setting."""
+    if request.sampler is None and not request.sampler_params and request.variance is None:
+        return default
+    name = request.sampler or default.name
+    settings = dict(request.sampler_params)
+    if request.variance is not None:
+        if name != "ddpm":
+            raise BenchError(f"--variance is a setting of the ddpm sampler; for {name!r} use --sampler-param (`bench describe sampler {name}`)")
+        settings.setdefault("variance", request.variance)
+    if default.name == name:
+        settings = {**dict(default.settings), **settings}  # settings on top of the protocol's sampler
+    return SamplerSpec.of(name, settings)
+
+
+MAX_SEED = 2**63 - 1  # seeds are stored as BIGINT and hashed as 64-bit words
+MEMORY_SHARE = 0.5  # a run may hold at most this share of the machine's memory
+
+
+def check_run_size(task: Task, samples: int, steps: int, seed: int) -> None:
+    """Seed within 0..2**63-1, and a run whose arrays fit in memory, refused before any work with the estimate."""
+    if not 0 <= seed <= MAX_SEED:
+        raise BenchError(f"--seed must be between 0 and 2**63-1 ({MAX_SEED}), got {seed}")
+    from negguide.bench.sampler import MAX_TRACED_STEPS
+
+    # The engine holds every sample (shards, merged, artifact) and every traced step until it judges them.
+    values = 1
+    for n in task.shape:
+        values *= n
+    estimate = samples * 8 * (3 * values + 4 * min(steps, MAX_TRACED_STEPS))
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if estimate > MEMORY_SHARE * available:
+        largest = int(MEMORY_SHARE * available // (8 * (3 * values + 4 * min(steps, MAX_TRACED_STEPS))))
+        raise BenchError(f"--samples {samples} would hold about {estimate / 1e9:.1f} GB in memory (all samples and traces until judged); "
+                         f"this machine has {available / 1e9:.1f} GB: give --samples {largest} or fewer")
 
 
 def _check_provided(method: MethodSpec, task: Task, options: TaskOptions) -> None:

@@ -12,6 +12,7 @@ import torch
 from negguide.bench.run.plan import ShardJob
 from negguide.bench.sampler import sample
 from negguide.bench.tasks import Task, TaskRuntime
+from negguide.methods.errors import BenchError
 from negguide.results.artifacts import read_npz
 
 _RUNTIMES: dict[tuple, TaskRuntime] = {}
@@ -51,14 +52,31 @@ def intra_op_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def draw_shard(job: ShardJob, device: torch.device, on_step: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """Draw samples [start, stop): the arrays a shard file holds (samples, traced steps, traces)."""
+def check_device(requested: str | None) -> None:
+    """A device named on the command line exists here, checked before any work (one line otherwise)."""
+    if requested is None:
+        return
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError) as exc:
+        raise BenchError(f"--device {requested!r} is not a device ({str(exc).splitlines()[0]}); give cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"--device {requested}: no CUDA GPU is available here; leave --device out or give cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BenchError(f"--device {requested}: this machine has {torch.cuda.device_count()} GPU(s) (cuda:0 ...)")
+    if device.type not in ("cpu", "cuda"):
+        raise BenchError(f"--device {requested}: only cpu and cuda devices are supported")
+
+
+def draw_shard(job: ShardJob, device: torch.device, on_step: Callable[[int], None] | None = None,
+               ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Draw samples [start, stop) (or exactly `ids`: sample i depends only on (seed, i)): the arrays a shard file holds."""
     runtime = runtime_for(job.task, device)
-    ids = np.arange(job.start, job.stop)
+    ids = np.arange(job.start, job.stop) if ids is None else np.asarray(ids, dtype=np.int64)
     callback = (lambda info: on_step(job.size)) if on_step else None
     with intra_op_threads(job.task.intra_op_threads), torch.inference_mode():
         x, traces = sample(job.method.build(), runtime.condition(ids), job.task.schedule.steps(job.steps), job.seed, job.task.shape,
-                           dtype=runtime.dtype, device=runtime.device, callback=callback, variance=job.variance)
+                           dtype=runtime.dtype, device=runtime.device, callback=callback, sampler=job.sampler.build())
         arrays = {f"trace__{k}": v for k, v in traces.arrays().items()}
         return {"x": x.cpu().numpy(), "trace_t": np.asarray(traces.steps), "start": np.asarray(job.start), "stop": np.asarray(job.stop), **arrays}
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from negguide.bench.tasks.digests import folder_digest, json_digest
-from negguide.bench.tasks.spec import Conditioning, Records, RunProtocol, Task, Traces, class_removal
+from negguide.bench.tasks.spec import Conditioning, PAPER_SAMPLER, Records, RunProtocol, Task, Traces, class_removal
 from negguide.datasets import cifar10
 from negguide.methods.errors import BenchError
 from negguide.metrics.classes import kl_classes
@@ -31,7 +31,7 @@ PROTOCOLS = {
     "ci": RunProtocol(samples=8, steps=3, batch_size=8, metrics=("forbidden_rate", "kl_classes")),
     "quick": RunProtocol(samples=256, steps=100, batch_size=128),
     "standard": RunProtocol(samples=2048, steps=100, batch_size=256),
-    "paper": RunProtocol(samples=10_240, steps=1000, batch_size=512, variance="beta"),
+    "paper": RunProtocol(samples=10_240, steps=1000, batch_size=512, sampler=PAPER_SAMPLER),
 }
 DNG_PAPER_PARAMS = {"prior": 0.01, "tau": 0.2, "delta": 2e-4, "p_max": 0.8}  # Table 1; p_max from the reference README
 PAPER_SCALES = {"dng": 5.0, "np": 0.5, "sld": 0.5}  # Appendix D.2: "around 5" and "around 0.5"

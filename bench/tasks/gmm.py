@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from negguide.bench.tasks.digests import json_digest
-from negguide.bench.tasks.spec import Conditioning, Records, RunProtocol, Task, Traces, class_removal
+from negguide.bench.tasks.spec import Conditioning, PAPER_SAMPLER, Records, RunProtocol, Task, Traces, class_removal
 from negguide.datasets.gmm import (
     GMM1D,
     GMM2D,
@@ -24,7 +24,7 @@ VERSION = "1"
 PROTOCOLS = {
     "quick": RunProtocol(samples=4096, steps=1000, batch_size=4096),
     "standard": RunProtocol(samples=16_384, steps=1000, batch_size=4096),
-    "paper": RunProtocol(samples=100_000, steps=1000, batch_size=10_000, variance="beta"),
+    "paper": RunProtocol(samples=100_000, steps=1000, batch_size=10_000, sampler=PAPER_SAMPLER),
 }
 
 

@@ -16,7 +16,7 @@ import torch
 
 from negguide.bench.tasks.digests import json_digest
 from negguide.bench.tasks.paired import ARMS, UNRELATED, PairedLayout, PairedRows, guidance_statistics
-from negguide.bench.tasks.spec import Conditioning, Records, RunProtocol, Task, Traces
+from negguide.bench.tasks.spec import Conditioning, PAPER_SAMPLER, Records, RunProtocol, Task, Traces
 from negguide.datasets.gmm_prompts import PROBLEM, PromptProblem
 from negguide.methods.base import Predictions
 from negguide.methods.schedule import Step
@@ -28,7 +28,7 @@ LAYOUT = PairedLayout(prompts=1)
 PROTOCOLS = {
     "quick": RunProtocol(samples=LAYOUT.rows(2048), steps=500, batch_size=LAYOUT.rows(2048)),
     "standard": RunProtocol(samples=LAYOUT.rows(8192), steps=1000, batch_size=LAYOUT.rows(4096)),
-    "paper": RunProtocol(samples=LAYOUT.rows(32_768), steps=1000, batch_size=LAYOUT.rows(8192), variance="beta"),
+    "paper": RunProtocol(samples=LAYOUT.rows(32_768), steps=1000, batch_size=LAYOUT.rows(8192), sampler=PAPER_SAMPLER),
 }
 METRICS = ("change_related", "change_unrelated", "modes_changed_related", "modes_changed_unrelated", "q_modes",
            "forbidden_rate", "w1_related", "w1_unrelated", "guidance_related", "guidance_unrelated")

@@ -16,7 +16,7 @@ import torch
 
 import negguide.datasets
 from negguide.bench.tasks.digests import array_digest, folder_digest
-from negguide.bench.tasks.spec import Conditioning, Records, RunProtocol, Task, Traces, class_removal
+from negguide.bench.tasks.spec import Conditioning, PAPER_SAMPLER, Records, RunProtocol, Task, Traces, class_removal
 from negguide.methods.errors import BenchError
 from negguide.metrics.classes import kl_classes
 from negguide.metrics.frechet import FeatureStats, frechet_statistic
@@ -29,7 +29,7 @@ CPU_METRICS = ("forbidden_rate", "kl_classes", "fid_classifier")  # Inception FI
 PROTOCOLS = {
     "quick": RunProtocol(samples=256, steps=50, batch_size=256, metrics=CPU_METRICS),
     "standard": RunProtocol(samples=2048, steps=50, batch_size=256, metrics=CPU_METRICS),
-    "paper": RunProtocol(samples=10_240, steps=1000, batch_size=512, variance="beta"),
+    "paper": RunProtocol(samples=10_240, steps=1000, batch_size=512, sampler=PAPER_SAMPLER),
 }
 METRICS = ("forbidden_rate", "kl_classes", "fid_classifier", "fid", "fid_all")
 # uncond, neg: the UNet (null label, removed class); negation, negation_logit: the negation set (NegationKernel)

@@ -21,6 +21,7 @@ from negguide.methods.errors import BenchError, did_you_mean
 from negguide.methods.schedule import Schedule, Step
 from negguide.metrics.base import MetricValue, measure
 from negguide.metrics.intervals import Statistic
+from negguide.bench.samplers.registry import DEFAULT_SAMPLER, SamplerSpec
 
 
 class Denoiser(Protocol):
@@ -82,28 +83,28 @@ def judge(runtime: TaskRuntime, x: torch.Tensor, traces: Traces, wanted: tuple[s
     return Judgement([measure(s) for s in runtime.statistics(records, traces, wanted) if s.name in wanted], records)
 
 
-VARIANCES = ("beta_tilde", "beta")
+PAPER_SAMPLER = SamplerSpec(settings=(("variance", "beta"),))  # DDPM with beta: the paper's Algorithm 1 and the reference code
 
 
 @dataclass(frozen=True)
 class RunProtocol:
-    """A named way of running a task: sample count, respaced steps, seed, sampler noise variance.
+    """A named way of running a task: sample count, respaced steps, seed, sampler.
 
     A run satisfies a protocol when all four match (and its metrics include the protocol's); any
-    other run is exploratory. The sampler adds noise of variance beta_tilde (the DDPM posterior
-    variance) or beta (the paper's Algorithm 1 and the reference code). `batch_size` only splits
-    the work into shards and never changes a number.
+    other run is exploratory. The default sampler is DDPM ancestral with beta_tilde (the DDPM
+    posterior variance); the paper protocols use beta (the paper's Algorithm 1 and the reference
+    code). `batch_size` only splits the work into shards and never changes a number.
     """
 
     samples: int
     steps: int
     batch_size: int
     seed: int = 0
-    variance: str = "beta_tilde"
+    sampler: SamplerSpec = DEFAULT_SAMPLER
     metrics: tuple[str, ...] | None = None  # None: every metric of the task
 
     def describe(self, task_metrics: tuple[str, ...]) -> dict:
-        return {**vars(self), "metrics": list(self.metrics or task_metrics)}
+        return {**vars(self), "sampler": self.sampler.as_dict(), "metrics": list(self.metrics or task_metrics)}
 
 
 def nothing() -> dict:
@@ -153,11 +154,11 @@ class Task:
                              f"protocols: {', '.join(self.protocols)}")
         return self.protocols[name]
 
-    def satisfied_protocol(self, samples: int, steps: int, seed: int, variance: str, metrics: tuple[str, ...]) -> str | None:
+    def satisfied_protocol(self, samples: int, steps: int, seed: int, sampler: SamplerSpec, metrics: tuple[str, ...]) -> str | None:
         """The protocol a run with these settings satisfies, or None (exploratory)."""
         for name, protocol in self.protocols.items():
             wanted = protocol.metrics or self.metrics
-            if (protocol.samples, protocol.steps, protocol.seed, protocol.variance) == (samples, steps, seed, variance) and set(wanted) <= set(metrics):
+            if (protocol.samples, protocol.steps, protocol.seed, protocol.sampler) == (samples, steps, seed, sampler) and set(wanted) <= set(metrics):
                 return name
         return None
 

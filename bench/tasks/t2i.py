@@ -30,7 +30,7 @@ import torch
 import negguide.datasets
 from negguide.bench.tasks.digests import json_digest
 from negguide.bench.tasks.paired import UNRELATED, PairedLayout, PairedRows, guidance_statistics
-from negguide.bench.tasks.spec import Conditioning, Records, RunProtocol, Task, Traces
+from negguide.bench.tasks.spec import Conditioning, PAPER_SAMPLER, Records, RunProtocol, Task, Traces
 from negguide.methods.errors import BenchError
 from negguide.methods.schedule import Step
 from negguide.metrics.intervals import Statistic
@@ -221,7 +221,7 @@ def _t2i_task(name: str, triplets: tuple[Triplet, ...], spec: str, facts: ModelF
         n_classes=0,
         metrics=METRICS_T2I,
         protocols={"quick": RunProtocol(samples=layout.rows(1), steps=50, batch_size=layout.rows(1)),
-                   "paper": RunProtocol(samples=layout.rows(32), steps=1000, batch_size=min(48, layout.rows(32)), variance="beta")},
+                   "paper": RunProtocol(samples=layout.rows(32), steps=1000, batch_size=min(48, layout.rows(32)), sampler=PAPER_SAMPLER)},
         digests=partial(_digests, clip_label, version),
         load=partial(T2IRuntime, triplets),
         details=partial(_details, spec, facts, path, clip_label, triplets),

@@ -17,8 +17,7 @@ import torch
 
 from negguide.bench.cli import main as bench_main
 from negguide.methods import BenchError, MethodError, load_method
-from negguide.methods.base import drawing
-from negguide.methods.nag import NAGParams, NormalizedAttentionGuidance, drawing_params, normalized_attention
+from negguide.methods.nag import AttentionGuided, NAGParams, NormalizedAttentionGuidance, normalized_attention
 from negguide.methods.registry import method_card
 from negguide.methods.schedule import Schedule
 from negguide.results.store import Store
@@ -146,13 +145,30 @@ def test_guide_takes_the_nag_prediction_inside_the_window_and_the_positive_outsi
     assert seen == {True, False}
 
 
-def test_the_drawing_method_publishes_its_parameters():
+class _Recorder:
+    """A denoiser that records the attention guidance it is told to use."""
+
+    def __init__(self):
+        self.seen = []
+
+    def guide_attention(self, params):
+        self.seen.append(params)
+
+    def __call__(self, x, step, names):
+        return {name: torch.zeros_like(x) for name in names}
+
+
+def test_nag_prepares_the_denoiser_before_a_draw_and_cleans_up_after():
     method = load_method("nag", {"scale": "4", "tau": "1.5", "alpha": "0.25"})
-    method.start(2, torch.zeros(2, 3))
-    assert drawing() is method and drawing_params() == NAGParams(scale=4.0, tau=1.5, alpha=0.25)
-    load_method("np").start(2, torch.zeros(2, 3))  # the next draw replaces it
-    with pytest.raises(MethodError, match="method 'np' is drawing"):
-        drawing_params()
+    denoiser = _Recorder()
+    assert isinstance(denoiser, AttentionGuided)
+    method.prepare_models(denoiser)
+    method.cleanup_models(denoiser)
+    assert denoiser.seen == [NAGParams(scale=4.0, tau=1.5, alpha=0.25), None]
+    load_method("np").prepare_models(denoiser)  # other methods leave the network alone
+    assert len(denoiser.seen) == 2
+    with pytest.raises(MethodError, match="no one to hook|has none to hook"):
+        method.prepare_models(lambda x, step, names: {})
 
 
 @pytest.mark.parametrize("bad, match", [({"tau": "0.5"}, "tau"), ({"tau": "nan"}, "tau"), ({"alpha": "1.5"}, "alpha"),
