@@ -29,14 +29,17 @@ With eta = 0 only the orthogonal part acts, so on one-dimensional data (gmm1d), 
 parallel to eps_u, APG with eta = 0 applies no guidance at all.
 
 Momentum: the buffer follows the paper and diffusers, m = d + beta m_prev (not an EMA); the paper
-recommends a negative beta ("reverse momentum"), which subtracts part of the accumulated update so
+proposes a negative beta ("reverse momentum"), which subtracts part of the accumulated update so
 guidance does not keep pushing in the same direction; |beta| < 1 keeps the buffer bounded. As with
 every method here, outside the time window [t_low, t_high] the unguided prediction is used while
 the buffer keeps accumulating (diffusers' guider instead skips the buffer update outside its range).
 
-Defaults: eta = 0 (the paper's recommendation); momentum = -0.5 (a reverse momentum, the value
-quoted from the paper by implementations such as stable-diffusion.cpp; ACE-Step uses -0.75,
-diffusers and ComfyUI leave it off by default); norm_threshold = 15
+Defaults: eta = 0 (the paper's recommendation); momentum = 0, off, as in diffusers' guider
+(`adaptive_projected_guidance_momentum=None`) and ComfyUI's APG node (0.0). The paper introduces reverse
+(negative) momentum but we could not check a recommended value against its text; the -0.5 used here
+before came from a usage example in another project (stable-diffusion.cpp's APG pull request; ACE-Step
+uses -0.75), not from the paper, so the default follows the reference implementation the method is
+pinned to. Reverse momentum stays a parameter (for example momentum=-0.5). norm_threshold = 15
 (diffusers' guider default, the top of the paper's per-model range of about 2.5 to 15; the norm
 grows with the data's dimension, so on the low-dimensional tasks it rarely bites); scale = 1.
 
@@ -61,7 +64,7 @@ class APGParams(Params):
     scale: float = 1.0  # w - 1 of the paper
     eta: float = 0.0  # weight of the part of the update parallel to eps_u
     norm_threshold: float = 15.0  # r: the update's per-sample L2 norm is capped at r; 0 turns it off
-    momentum: float = -0.5  # beta of m = d + beta * m_prev; 0 turns it off
+    momentum: float = 0.0  # beta of m = d + beta * m_prev; 0 (off) is diffusers' default, the paper's reverse momentum is < 0
 
     def validate(self) -> None:
         super().validate()

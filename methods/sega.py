@@ -41,8 +41,13 @@ defines it (on a 1-D task, about half the samples at random). For float32 and ha
 computation.
 
 Defaults are diffusers' __call__ defaults: edit_guidance_scale 5, edit_threshold 0.9, edit_warmup_steps 10,
-edit_cooldown_steps None (here -1), edit_momentum_scale 0.1, edit_mom_beta 0.4. Warm-up and cooldown count
-sampling steps (step.index), as diffusers counts inference steps.
+edit_cooldown_steps None (here -1), edit_momentum_scale 0.1, edit_mom_beta 0.4, with one change of unit.
+diffusers counts the warm-up in inference steps, so its 10 of a 50-step run (20% of the chain) would be 1% of a
+1,000-step chain. Here the warm-up is in training timesteps: guidance applies from the first step with
+t < warmup_t, and warmup_t = 800 is diffusers' 10 of 50 on T = 1,000 (our 50-step chain: first guided step 10,
+t = 795; diffusers' leading spacing: step 10, t = 781; 100 steps: step 20; 1,000 steps: step 200). The old
+count stays reachable: `warmup` (sampling steps, default 0) applies as well, so warmup = 10, warmup_t = 1000 is
+diffusers' literal loop on any chain. Cooldown counts sampling steps (step.index), as diffusers does.
 """
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ from negguide.methods.base import GuidanceMethod, Params, Predictions, State
 from negguide.methods.schedule import Step
 
 NEVER = -1  # cooldown value for diffusers' edit_cooldown_steps=None
+WARMUP_T = 800  # diffusers' edit_warmup_steps=10 of 50 inference steps, as a training timestep of T = 1000 (20% of the chain)
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,8 @@ class SEGAParams(Params):
     scale: float = 1.0  # multiplies the applied guidance; 1 is diffusers where the task's CFG scale w is 1
     s_e: float = 5.0  # edit_guidance_scale
     threshold: float = 0.9  # edit_threshold: quantile of |edit| per sample and channel
-    warmup: int = 10  # edit_warmup_steps: steps before the guidance is applied (momentum builds up meanwhile)
+    warmup: int = 0  # edit_warmup_steps in sampling steps (diffusers' unit): guidance from step.index >= warmup
+    warmup_t: int = WARMUP_T  # and only at training timesteps t < warmup_t (momentum builds up meanwhile)
     cooldown: int = NEVER  # edit_cooldown_steps: edit term zero from this step on; -1 = never (None)
     s_m: float = 0.1  # edit_momentum_scale
     beta_m: float = 0.4  # edit_mom_beta
@@ -80,6 +87,8 @@ class SEGAParams(Params):
             raise ValueError(f"s_m must be a finite number, got {self.s_m}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.warmup_t < 0:
+            raise ValueError(f"warmup_t is a training timestep and must be >= 0 (T = 1000 for no warm-up in timesteps), got {self.warmup_t}")
         if self.cooldown < NEVER:
             raise ValueError(f"cooldown must be >= 0, or -1 for never, got {self.cooldown}")
 
@@ -116,7 +125,7 @@ class SemanticGuidance(GuidanceMethod):
             edit = torch.where(mask, edit, torch.zeros_like(edit))
         guidance = edit + p.s_m * state["momentum"]
         momentum = p.beta_m * state["momentum"] + (1.0 - p.beta_m) * guidance
-        scale = p.scale if step.index >= p.warmup else 0.0
+        scale = p.scale if step.index >= p.warmup and step.t < p.warmup_t else 0.0
         # Traced scale: the NP-equivalent strength on the masked elements, averaged per sample.
         effective = scale * p.s_e * mask.flatten(1).to(eps_p.dtype).mean(1)
         return eps_p + scale * guidance, {"momentum": momentum, "guidance_scale": effective}

@@ -63,7 +63,8 @@ class PaperAPG:
 
 CASES = [
     # scale (w - 1), eta, norm_threshold r, momentum beta
-    (1.0, 0.0, 15.0, -0.5),  # the method's defaults
+    (1.0, 0.0, 15.0, 0.0),  # the method's defaults (diffusers': momentum off)
+    (1.0, 0.0, 15.0, -0.5),  # reverse momentum, the value the method used by default before
     (4.0, 0.0, 2.5, -0.75),  # tight cap (the paper's low end), ACE-Step's momentum
     (2.0, 0.3, 4.0, 0.5),  # positive momentum, some parallel part
     (-1.5, 1.7, 0.0, 0.0),  # no rescaling or momentum, eta > 1, negative scale
@@ -166,8 +167,8 @@ def test_window_is_unguided_outside_while_the_momentum_keeps_accumulating():
 
 def test_defaults_and_config():
     p = AdaptiveProjectedGuidance.Params()
-    assert (p.scale, p.eta, p.norm_threshold, p.momentum, p.t_low, p.t_high) == (1.0, 0.0, 15.0, -0.5, 0, 999)
-    assert apg().config() == {"method": "apg", "params": {"scale": 1.0, "eta": 0.0, "norm_threshold": 15.0, "momentum": -0.5}}
+    assert (p.scale, p.eta, p.norm_threshold, p.momentum, p.t_low, p.t_high) == (1.0, 0.0, 15.0, 0.0, 0, 999)
+    assert apg().config() == {"method": "apg", "params": {"scale": 1.0, "eta": 0.0, "norm_threshold": 15.0, "momentum": 0.0}}
     assert apg(t_high=500).config()["params"]["t_high"] == 500
     assert AdaptiveProjectedGuidance.name == "apg" and AdaptiveProjectedGuidance.needs == ("uncond", "neg")
     assert "2410.02416" in AdaptiveProjectedGuidance.reference

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,9 +89,14 @@ class DiffusersLoop:
         return noise_pred_uncond + noise_guidance
 
 
+LITERAL = {"warmup_t": 1000}  # no warm-up in training timesteps: diffusers' warm-up counted in steps, literally
+
+
 def params_for(config: dict, **extra) -> SemanticGuidance.Params:
+    """diffusers' arguments as params, the warm-up counted in sampling steps as diffusers counts it."""
     cooldown = config["edit_cooldown_steps"]
     return SemanticGuidance.Params(s_e=float(config["edit_guidance_scale"]), threshold=config["edit_threshold"], warmup=config["edit_warmup_steps"],
+                                   warmup_t=1000,
                                    cooldown=-1 if cooldown is None else cooldown, s_m=config["edit_momentum_scale"],
                                    beta_m=config["edit_mom_beta"], **extra)
 
@@ -162,7 +168,7 @@ def test_sega_and_sega_sd_differ_only_in_the_base():
     gen = torch.Generator().manual_seed(45)
     shape = (3, 1, 4, 4)
     preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape), "null": _randn(gen, shape)}
-    params = SemanticGuidance.Params(warmup=0)
+    params = SemanticGuidance.Params(**LITERAL)
     a, b = SemanticGuidance(params), DiffusersSemanticGuidance(params)
     assert a.needs == ("uncond", "neg") and b.needs == ("uncond", "neg", "null")
     assert (a.name, b.name) == ("sega", "sega-sd") and "2301.12247" in a.reference and "2301.12247" in b.reference
@@ -200,7 +206,7 @@ def test_flat_samples_are_one_channel_and_one_dimension_is_np_with_momentum():
     two = _randn(gen, (64, 2))
     assert torch.equal(quantile_mask(two, 0.9), two.abs() == two.abs().amax(1, keepdim=True))
     one = _randn(gen, (256, 1))
-    method = SemanticGuidance(SemanticGuidance.Params(s_e=3.0, s_m=0.0, warmup=0))
+    method = SemanticGuidance(SemanticGuidance.Params(s_e=3.0, s_m=0.0, **LITERAL))
     np_ = NegativePrompting(NegativePrompting.Params(scale=3.0))
     preds = {"uncond": one, "neg": _randn(gen, (256, 1))}
     eps, state = method.step(CHAIN[5], preds, method.start(256, one))
@@ -214,7 +220,7 @@ def test_momentum_builds_during_warmup_and_decays_after_cooldown():
     gen = torch.Generator().manual_seed(48)
     shape = (2, 1, 4, 4)
     preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape)}
-    p = SemanticGuidance.Params(warmup=4, cooldown=7, s_m=0.5, beta_m=0.3, threshold=0.5)
+    p = SemanticGuidance.Params(warmup=4, cooldown=7, s_m=0.5, beta_m=0.3, threshold=0.5, **LITERAL)
     method = SemanticGuidance(p)
     state = method.start(2, preds["uncond"])
     e = -(preds["neg"] - preds["uncond"]) * p.s_e
@@ -283,12 +289,34 @@ def test_window_keeps_momentum_evolving_outside():
 
 
 def test_defaults_are_diffusers_call_defaults():
+    """diffusers' defaults, the warm-up of 10 of its 50 inference steps as the training timestep 800 of T = 1000."""
     p = SemanticGuidance.Params()
-    assert (p.scale, p.s_e, p.threshold, p.warmup, p.cooldown, p.s_m, p.beta_m) == (1.0, 5.0, 0.9, 10, -1, 0.1, 0.4)
-    assert params_for(DIFFUSERS_DEFAULTS) == p
+    assert (p.scale, p.s_e, p.threshold, p.warmup, p.warmup_t, p.cooldown, p.s_m, p.beta_m) == (1.0, 5.0, 0.9, 0, 800, -1, 0.1, 0.4)
+    assert params_for(DIFFUSERS_DEFAULTS) == replace(p, warmup=10, warmup_t=1000)
     assert (p.t_low, p.t_high) == (WINDOW_DEFAULTS["t_low"], WINDOW_DEFAULTS["t_high"])
-    assert SemanticGuidance().config() == {"method": "sega", "params": {"scale": 1.0, "s_e": 5.0, "threshold": 0.9, "warmup": 10,
-                                                                      "cooldown": -1, "s_m": 0.1, "beta_m": 0.4}}
+    assert SemanticGuidance().config() == {"method": "sega", "params": {"scale": 1.0, "s_e": 5.0, "threshold": 0.9, "warmup": 0,
+                                                                      "warmup_t": 800, "cooldown": -1, "s_m": 0.1, "beta_m": 0.4}}
+
+
+def first_guided_step(params: SemanticGuidance.Params, steps: int) -> int:
+    """Index of the first step of a `steps`-step chain on which SEGA applies guidance (1-D samples: the mask keeps all)."""
+    method = SemanticGuidance(params)
+    preds = {"uncond": torch.zeros(2, 1, dtype=torch.float64), "neg": torch.ones(2, 1, dtype=torch.float64)}
+    state = method.start(2, preds["uncond"])
+    for step in Schedule().steps(steps):
+        eps, state = method.step(step, preds, state)
+        if not torch.equal(eps, preds["uncond"]):
+            return step.index
+    return steps
+
+
+@pytest.mark.parametrize("steps", [50, 100, 1000])
+def test_warmup_is_the_same_share_of_every_chain(steps):
+    """Default: the first 20% of the chain is warm-up on 50, 100 and 1,000 steps (diffusers' 10 of 50); the old
+    count in sampling steps (warmup=10, warmup_t=1000) is 10 steps on every chain, 1% of a 1,000-step one."""
+    assert first_guided_step(SemanticGuidance.Params(), steps) == steps // 5
+    assert first_guided_step(SemanticGuidance.Params(warmup=10, **LITERAL), steps) == 10
+    assert first_guided_step(SemanticGuidance.Params(warmup_t=0), steps) == steps  # t < 0 never: no guidance at all
 
 
 def test_defaults_match_the_installed_diffusers_source():
@@ -310,7 +338,7 @@ def test_defaults_match_the_installed_diffusers_source():
 @pytest.mark.parametrize("bad, match", [
     ({"threshold": 1.5}, "threshold"), ({"threshold": -0.1}, "threshold"), ({"beta_m": 1.0}, "beta_m"),
     ({"beta_m": -0.2}, "beta_m"), ({"s_e": -1.0}, "s_e"), ({"s_e": math.inf}, "s_e"), ({"s_m": math.nan}, "s_m"),
-    ({"warmup": -1}, "warmup"), ({"cooldown": -2}, "cooldown"), ({"scale": math.nan}, "scale"),
+    ({"warmup": -1}, "warmup"), ({"warmup_t": -1}, "warmup_t"), ({"cooldown": -2}, "cooldown"), ({"scale": math.nan}, "scale"),
     ({"t_low": 500, "t_high": 100}, "t_low"),
 ])
 def test_parameter_validation(bad, match):
