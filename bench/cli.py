@@ -97,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", type=Path)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("verify", help="re-draw random shards of a bundle with its method (runs the submitted code) and compare")
+    p = sub.add_parser("verify", help="re-draw randomly chosen samples of a bundle with its method (runs the submitted code) and compare")
     p.add_argument("bundle", type=Path)
-    p.add_argument("--shards", type=int, default=2, help="shards re-drawn per run (default 2)")
+    p.add_argument("--samples", type=int, default=300, help="sample ids re-drawn per run, chosen afresh (default 300: catches a 1%% forgery with 95%% probability)")
+    p.add_argument("--all", dest="every", action="store_true", help="re-draw every sample of every run")
+    p.add_argument("--seed", type=int, help="the choice of samples to re-draw (default: fresh randomness, printed); repeats a check")
     p.add_argument("--db", type=Path)
     p.add_argument("--device")
     p.add_argument("--json", action="store_true")
@@ -316,7 +318,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from negguide.bench.submit import get_suite, submit
 
+    from negguide.bench.submit import check_out
+
     suite = get_suite(args.suite)
+    check_out(args.out)
     executor = _executor(args)
     try:
         path, runs = submit(args.method, suite, args.out, _store(args), submitter=args.name, params=_key_values(args.param),
@@ -334,7 +339,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from negguide.bench.submit import import_bundle
 
-    runs = import_bundle(args.bundle, _store(args))
+    try:
+        runs = import_bundle(args.bundle, _store(args))
+    except KeyboardInterrupt:
+        print("import interrupted: nothing of the bundle was stored, or all of it (completed on the store's next open)", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps({"runs": runs, "status": "self-reported"}))
     else:
@@ -345,18 +354,20 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from negguide.bench.submit import verify_bundle
 
-    if args.shards < 1:
-        raise BenchError(f"--shards must be >= 1, got {args.shards}")
-    if not args.json:
-        print(f"verify runs the method code carried by {args.bundle} on this machine, to re-draw {args.shards} shard(s) per run", flush=True)
-    result = verify_bundle(args.bundle, _store(args), args.shards, device=args.device)
+    announce = None if args.json else (lambda line: print(line, flush=True))
+    result = verify_bundle(args.bundle, _store(args), args.samples, every=args.every, seed=args.seed, device=args.device, announce=announce)
     if args.json:
         print(json.dumps(result.as_dict()))
-    elif result.verified:
-        print(f"verified: {result.checked_shards} shards re-drawn match the bundle; runs {', '.join(result.runs)} are marked verified where stored")
+    else:
+        for run in result.runs:
+            print(f"  run {run['run_id']} ({run['task']}): {run['checked']} of {run['samples']} samples re-drawn; a forged share of "
+                  f"{run['detects_share']:.2%} or more is caught with 95% probability")
+        if result.verified:
+            print(f"verified (seed {result.seed}): every re-drawn sample and trace matches the bundle; marked verified: "
+                  f"{', '.join(result.marked) or 'none (import the bundle first)'}")
     if not result.verified:
         if not args.json:
-            print(f"error: not verified: {result.mismatch}", file=sys.stderr)
+            print(f"error: not verified (seed {result.seed}): {result.mismatch}", file=sys.stderr)
         return 2
     return 0
 

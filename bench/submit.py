@@ -2,21 +2,35 @@
 
 A suite is a named, versioned set of (task, protocol, safety targets). `submit` calibrates the
 method to each target on each task (or runs it once where the task has no safety to calibrate) and
-writes one bundle (results/bundle.py). `import_bundle` validates everything — schema, digests, task
-versions, run ids, shapes, dtypes, and every metric recomputed from the per-sample records — and
-stores the runs as `self-reported`; it never runs the submitted code. `verify_bundle` does run it:
-it re-draws randomly chosen shards with the bundle's method, compares them to the bundle's samples,
-and marks the runs `verified`.
+writes one bundle (results/bundle.py) with every run the calibrations tried.
+
+`import_bundle` runs no submitted code. Every manifest field is either part of a run's hashed config
+(checked against what this harness resolves for it) or recomputed here: the samples are judged
+again (records are never taken from the bundle), metrics, protocol, digests and calibrations (from
+their points' runs) are recomputed. It never replaces a stored run or deletes local artifacts, and
+it is atomic: folders are staged, the store is written in one transaction, then the folders move
+into place (a kill in between is finished or undone on the next open of the store).
+
+`verify_bundle` does run the bundle's method, after its source matches its digest: it re-draws
+individual sample ids chosen with fresh randomness (printed; `--seed` repeats a check) and compares
+them, samples and traces, with the bundle's. It states its power: the smallest forged share of a
+run's samples that it catches with 95% probability at the size checked.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 import platform
+import re
+import secrets
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,15 +38,20 @@ import torch
 from negguide.bench.provenance import git_commit, package_versions
 from negguide.bench.run import RunRequest, resolve, run_one
 from negguide.bench.run.calibrate import calibrate
-from negguide.bench.run.engine import artifacts_root, stored_result
+from negguide.bench.run.engine import _task_info, artifacts_root, stored_result, summarise_traces
 from negguide.bench.run.executors import Executor
-from negguide.bench.run.plan import ShardJob
-from negguide.bench.run.shards import draw_shard, pick_device, runtime_for
-from negguide.bench.tasks import get_task
+from negguide.bench.run.plan import ResolvedRun
+from negguide.bench.run.shards import check_device, draw_shard, pick_device, runtime_for
+from negguide.bench.samplers import SamplerSpec
+from negguide.bench.tasks import Task, TaskRuntime, get_task
+from negguide.bench.tasks.spec import Judgement, judge
 from negguide.methods.errors import BenchError, did_you_mean
-from negguide.methods.registry import NETWORK_PREDICTIONS, MethodSpec, is_file_spec, method_class, parameter_table
+from negguide.methods.registry import METHODS, builtin_method_names, is_file_spec
+from negguide.metrics.intervals import wilson
 from negguide.results.artifacts import read_npz, write_bytes_atomic, write_npz_atomic
 from negguide.results.bundle import (
+    SCHEMA_VERSION,
+    Bundle,
     CalibrationEntry,
     FileEntry,
     Manifest,
@@ -47,9 +66,12 @@ from negguide.results.bundle import (
 )
 from negguide.results.store import CalibrationRecord, RunRecord, Store
 
-METRIC_RTOL = 1e-9  # a stated metric must equal the one recomputed from the records (float round-off only)
-SAMPLE_ATOL = {"f": 1e-6, "u": 1}  # re-drawn vs bundled samples: floats, and uint8 images (one intensity level)
-SHARD_SIZE = 64
+METRIC_RTOL = 1e-9  # a stated metric must equal the one recomputed from the samples (float round-off only)
+SAMPLE_TOLERANCE = {"f": 1e-6, "u": 1}  # re-drawn vs bundled samples: floats (relative and absolute), uint8 (one intensity level)
+VERIFY_SAMPLES = 300  # per run: catches a forged share of 1% with 95% probability
+POWER = 0.95
+METHOD_KEYS = ("method", "method_spec", "method_source", "params")  # config fields about the method (checked by verify, which runs it)
+FILE_SPEC = re.compile(r"^(?:.*/)?([A-Za-z0-9_][A-Za-z0-9_.-]*\.py):([A-Za-z_][A-Za-z0-9_]*)$")
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,8 @@ class SuiteEntry:
     task: str
     protocol: str
     targets: tuple[float, ...]  # empty: no safety to calibrate; the method runs at its parameters
+    samples: int | None = None  # None: the protocol's (tests use small exploratory suites)
+    steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,75 +107,111 @@ def get_suite(name: str) -> Suite:
     return SUITES[name]
 
 
+# ---- judging the samples a bundle carries ------------------------------------------------
+
+def _as_tensor(runtime: TaskRuntime, artifact: np.ndarray) -> torch.Tensor:
+    """The tensor a task's judge sees for its stored samples: floats as they are, uint8 images mapped to [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(artifact))
+    x = x.to(torch.float32) / 127.5 - 1.0 if artifact.dtype == np.uint8 else x
+    return x.to(runtime.dtype)
+
+
+def _judge_samples(task: Task, runtime: TaskRuntime, artifact: np.ndarray, traces: dict[str, np.ndarray], metrics: tuple[str, ...],
+                   where: str) -> Judgement:
+    """Judge the stored samples themselves (what anyone can recompute), refusing a task whose samples do not round-trip."""
+    if task.family == "text-to-image":
+        raise BenchError(f"{where}: text-to-image runs cannot be judged again from their images here yet; import refuses them")
+    x = _as_tensor(runtime, artifact)
+    if not np.array_equal(runtime.to_artifact(x), artifact):
+        raise BenchError(f"{where}: its samples are not what task {task.name} stores (they do not round-trip); refusing them")
+    return judge(runtime, x, traces, metrics)
+
+
+def _per_step(traces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: values for name, values in traces.items() if name != "t"}
+
+
 # ---- submit -------------------------------------------------------------------------------
 
-def _run_entry(store: Store, run_id: str, calibration: CalibrationEntry | None, payloads: dict[str, bytes]) -> RunEntry:
+def check_out(out: Path) -> None:
+    """The bundle path can be written: checked before any run starts (a suite may take hours)."""
+    out = Path(out)
+    if out.is_dir():
+        raise BenchError(f"--out {out} is a folder; give the path of the .zip to write")
+    if out.suffix != ".zip":
+        raise BenchError(f"--out {out} must end in .zip")
+    parent = out.parent if str(out.parent) else Path(".")
+    ancestor = parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise BenchError(f"--out {out}: {ancestor} is not a writable folder")
+
+
+def _run_entry(store: Store, run_id: str, payloads: dict[str, bytes]) -> RunEntry:
+    """One stored run as a bundle entry: its config, samples and traces, and the metrics its samples give when judged again."""
     result = stored_result(store, run_id)
-    row = store.query("SELECT config, digests, wall_seconds FROM runs WHERE run_id = ?", [run_id]).iloc[0]
+    row = store.query("SELECT config, wall_seconds FROM runs WHERE run_id = ?", [run_id]).iloc[0]
     config = json.loads(row.config)
     folder = Path(result["artifacts_dir"])
-    files = {}
-    for kind in ("samples", "records", "traces"):
-        arrays = read_npz(folder / f"{kind}.npz")
-        if arrays is None:
+    arrays = {}
+    for kind in ("samples", "traces"):
+        arrays[kind] = read_npz(folder / f"{kind}.npz")
+        if arrays[kind] is None:
             raise BenchError(f"run {run_id} has no {kind}.npz in {folder}; run it again with --force")
-        payload = npz_bytes(arrays)
+    task = get_task(config["task"])
+    judgement = _judge_samples(task, runtime_for(task, pick_device(task)), arrays["samples"]["x"], _per_step(arrays["traces"]),
+                               tuple(config["metrics"]), f"run {run_id}")
+    files = {}
+    for kind, values in arrays.items():
+        payload = npz_bytes(values)
         path = f"runs/{run_id}/{kind}.npz"
         payloads[path] = payload
         files[kind] = FileEntry(path=path, sha256=sha256(payload), bytes=len(payload))
-    metrics = {name: MetricEntry(value=value, low=result["intervals"][name][0], high=result["intervals"][name][1],
-                                 interval=result["interval_methods"].get(name, "none"), samples=result["metric_samples"][name])
-               for name, value in result["metrics"].items()}
-    traces = {r.name: {"t": [], "mean": []} for r in store.traces(run_id).itertuples()}
-    for r in store.traces(run_id).itertuples():
-        traces[r.name]["t"].append(int(r.t))
-        traces[r.name]["mean"].append(float(r.mean))
-    task = get_task(result["task"])
-    network = set(method_class(config["method_spec"]).needs) & set(NETWORK_PREDICTIONS)
-    predictions = len(network | ({"null"} if task.family == "text-to-image" else set()))
-    return RunEntry(run_id=run_id, task=result["task"], task_version=result["task_version"], protocol=result["protocol"], config=config,
-                    seed=result["seed"], samples=result["samples"], steps=result["steps"], variance=result["variance"], params=result["params"],
-                    metrics=metrics, digests=json.loads(row.digests) if isinstance(row.digests, str) else {}, traces_summary=traces,
-                    wall_time_s=float(row.wall_seconds), network_evaluations_per_image=predictions * result["steps"], calibration=calibration,
-                    files=files)
+    metrics = {m.name: MetricEntry(value=m.value, low=m.low, high=m.high, interval=m.interval, samples=m.samples) for m in judgement.metrics}
+    return RunEntry(run_id=run_id, config=config, metrics=metrics, wall_time_s=min(max(float(row.wall_seconds), 0.0), 1e7), files=files)
 
 
-def _method_entry(spec: str, params: dict) -> MethodEntry:
-    cls = method_class(spec)
-    source, digest = None, MethodSpec.of(spec, {}).source_digest
-    if is_file_spec(spec):
-        source = Path(spec.split(":", 1)[0]).read_text()
-    return MethodEntry(name=cls.name, spec=spec, summary=cls.summary, needs=list(cls.needs), parameters=params,
-                       defaults={row["name"]: row["default"] for row in parameter_table(cls)}, source=source, source_digest=digest)
+def _method_entry(spec: str, name: str) -> MethodEntry:
+    if not is_file_spec(spec):
+        return MethodEntry(name=name, spec=spec)
+    source = Path(spec.split(":", 1)[0]).read_bytes()
+    return MethodEntry(name=name, spec=spec, source=source.decode("utf-8"), source_digest=hashlib.sha256(source).hexdigest()[:16])
 
 
 def submit(spec: str, suite: Suite, out: Path, store: Store, *, submitter: str, params: dict | None = None,
            executor: Executor | None = None, progress: bool = False) -> tuple[Path, list[str]]:
-    """Calibrate the method on every entry of the suite and write one bundle; returns its path and run ids."""
+    """Calibrate the method on every entry of the suite and write one bundle; returns its path and the chosen run ids."""
     params = dict(params or {})
     if "scale" in params:
         raise BenchError("submit calibrates the scale per task: drop --param scale=...")
-    method = _method_entry(spec, params)
+    check_out(out)
     store.check(writing=True)
     payloads: dict[str, bytes] = {}
-    runs = []
+    runs: dict[str, RunEntry] = {}
+    calibrations, chosen = [], []
     for entry in suite.entries:
-        request = RunRequest(task=entry.task, method=spec, params=params, protocol=entry.protocol)
+        request = RunRequest(task=entry.task, method=spec, params=params, protocol=entry.protocol, samples=entry.samples, steps=entry.steps)
         if not entry.targets:
             outcome = run_one(resolve(request), store, executor, progress=progress)
-            runs.append(_run_entry(store, outcome.run_id, None, payloads))
+            chosen.append(outcome.run_id)
         for target in entry.targets:
             found = calibrate(request, target, store, executor, progress=progress)
             if found.chosen is None:
-                raise BenchError(f"{method.name} did not reach forbidden share <= {target} on {entry.task} within the run budget; "
+                raise BenchError(f"{spec} did not reach forbidden share <= {target} on {entry.task} within the run budget; "
                                  "no bundle written (raise the method's scale range or its parameters)")
-            calibration = CalibrationEntry(target=target, scale=found.chosen.scale, monotone=not found.violations, points=found.as_dict()["points"])
-            runs.append(_run_entry(store, found.chosen.run_id, calibration, payloads))
-    manifest = Manifest(schema_version=1, harness={"package": "negguide-bench", "version": package_versions().get("negguide-bench"), "commit": git_commit()},
-                        submitter=submitter, created_at=time.time(), suite={"name": suite.name, "version": suite.version}, method=method,
-                        packages=package_versions(), hardware=_hardware(), runs=runs)
+            calibrations.append(CalibrationEntry(task=entry.task, target=target, points=[p.run_id for p in found.points]))
+            chosen.append(found.chosen.run_id)
+    for run_id in dict.fromkeys([*chosen, *(p for c in calibrations for p in c.points)]):
+        runs[run_id] = _run_entry(store, run_id, payloads)
+    name = next(iter(runs.values())).config["method"]
+    manifest = Manifest(schema_version=SCHEMA_VERSION,
+                        harness={"package": "negguide-bench", "version": package_versions().get("negguide-bench"), "commit": git_commit()},
+                        submitter=submitter, created_at=time.time(), suite={"name": suite.name, "version": suite.version},
+                        method=_method_entry(spec, name), packages=package_versions(), hardware=_hardware(), runs=list(runs.values()),
+                        calibrations=calibrations)
     write_bundle(out, manifest, payloads)
-    return out, [run.run_id for run in runs]
+    return out, list(dict.fromkeys(chosen))
 
 
 def _hardware() -> dict:
@@ -159,180 +219,411 @@ def _hardware() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "torch_threads": torch.get_num_threads()}
 
 
+# ---- the bundle's method and configs (no submitted code runs here) ------------------------
+
+def check_method(method: MethodEntry) -> None:
+    """The method entry is well formed, its name free, its source matching its digest: before anything of it runs."""
+    if is_file_spec(method.spec) or ":" in method.spec:
+        if not FILE_SPEC.match(method.spec):
+            raise BenchError(f"bundle method spec {method.spec!r} is not file.py:ClassName")
+        if method.source is None or method.source_digest is None:
+            raise BenchError(f"bundle method {method.spec!r} is a file method without its source and digest")
+        digest = hashlib.sha256(method.source.encode("utf-8")).hexdigest()[:16]
+        if digest != method.source_digest:
+            raise BenchError(f"bundle method source digests to {digest}, the manifest says {method.source_digest}; refusing it")
+        if method.name in builtin_method_names():
+            raise BenchError(f"bundle method calls itself {method.name!r}, a built-in method's name; built-in names are reserved")
+        return
+    if method.source is not None or method.source_digest is not None:
+        raise BenchError(f"bundle method {method.spec!r} is a registered name but carries a source; a file method's spec is file.py:ClassName")
+    registered = METHODS.get(method.spec)  # this harness's own code or an installed plugin, never the bundle's
+    if registered.name != method.name:
+        raise BenchError(f"bundle method {method.spec!r} is registered here as {registered.name!r}, not {method.name!r}")
+
+
+def _request_of(config: dict, method: str, params: dict) -> RunRequest:
+    """The request a run config answers (the protocol found by its metrics); the sampler is carried by `_resolved_of`."""
+    try:
+        task = get_task(str(config["task"]))
+        profile = next((name for name, p in task.protocols.items() if list(p.metrics or task.metrics) == config.get("metrics")), None)
+        return RunRequest(task=task.name, method=method, params=params, samples=int(config["samples"]), steps=int(config["steps"]),
+                          seed=int(config["seed"]), protocol=profile)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise BenchError(f"config field {exc} is missing or not a number") from None
+
+
+def _resolved_of(config: dict, method: str, params: dict) -> ResolvedRun:
+    """The run this harness resolves for a config: every field but the method's is recomputed here."""
+    request = _request_of(config, method, params)
+    if any(not isinstance(config.get(key), int) or isinstance(config.get(key), bool) for key in ("samples", "steps", "seed")):
+        raise BenchError("config fields samples, steps and seed must be integers")
+    try:
+        sampler = SamplerSpec.from_config(config)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BenchError(f"config sampler is malformed ({type(exc).__name__}: {exc})") from None
+    return dataclasses.replace(resolve(request), sampler=sampler)
+
+
+def _plain(value: object) -> bool:
+    """A parameter value a run config may hold: text, a bool, an integer or a finite float."""
+    return isinstance(value, (str, bool, int)) or (isinstance(value, float) and bool(np.isfinite(value)))
+
+
+def _differences(stated: dict, resolved: dict, skip: tuple[str, ...]) -> list[str]:
+    return sorted(key for key in set(stated) | set(resolved) if key not in skip and stated.get(key) != resolved.get(key))
+
+
+def _check_config(run: RunEntry, method: MethodEntry) -> ResolvedRun:
+    """The config hashes to the run id, names the bundle's method and source, and is what this harness resolves for it."""
+    config = run.config
+    if config_run_id(config) != run.run_id:
+        raise BenchError(f"bundle run {run.run_id}: its config hashes to {config_run_id(config)}, not its run id")
+    for key, want in (("method", method.name), ("method_spec", method.spec), ("method_source", method.source_digest)):
+        if config.get(key) != want:
+            raise BenchError(f"bundle run {run.run_id}: config {key} {config.get(key)!r} differs from the bundle method's {want!r}")
+    params = config.get("params")
+    if not isinstance(params, dict) or not all(_plain(value) for value in params.values()):
+        raise BenchError(f"bundle run {run.run_id}: config params must map names to plain finite values")
+    task = get_task(str(config.get("task")))
+    if task.version != config.get("task_version"):
+        raise BenchError(f"bundle run {run.run_id}: task {task.name} version {config.get('task_version')} is not this harness's ({task.version}); "
+                         "re-submit with the current harness")
+    # Built-in and plugin methods are this harness's code: resolve them fully; a file method is resolved by verify.
+    builtin = not is_file_spec(method.spec)
+    try:
+        resolved = _resolved_of(config, method.spec if builtin else "none", params if builtin else {})
+    except BenchError as exc:
+        raise BenchError(f"bundle run {run.run_id}: {exc}") from None
+    different = _differences(config, resolved.config, () if builtin else METHOD_KEYS)
+    if different:
+        raise BenchError(f"bundle run {run.run_id}: config field {different[0]!r} is {config.get(different[0])!r}, this harness resolves "
+                         f"{resolved.config.get(different[0])!r} for it")
+    return resolved
+
+
 # ---- import -------------------------------------------------------------------------------
 
-def _close(stated: float | None, recomputed: float) -> bool:
+@dataclass(frozen=True)
+class Checked:
+    """A bundle run after every check: its resolved form, arrays, and the judgement made here."""
+
+    entry: RunEntry
+    resolved: ResolvedRun
+    samples: dict[str, np.ndarray]
+    traces: dict[str, np.ndarray]
+    judgement: Judgement
+
+    def metric(self, name: str) -> tuple[float, float, float]:
+        found = next(m for m in self.judgement.metrics if m.name == name)
+        return found.value, found.low, found.high
+
+
+def _check_arrays(bundle: Bundle, run: RunEntry, task: Task, runtime: TaskRuntime) -> tuple[dict, dict]:
+    """Samples of the run's shape and dtype, finite; traces float [recorded steps, samples] with integer steps."""
+    samples, traces = bundle.arrays(run, "samples"), bundle.arrays(run, "traces")
+    n = run.config["samples"]
+    expected = runtime.to_artifact(torch.zeros((1, *task.shape), dtype=runtime.dtype))
+    x = samples.get("x")
+    if set(samples) != {"x"} or x is None or x.shape != (n, *expected.shape[1:]) or x.dtype != expected.dtype:
+        raise BenchError(f"bundle run {run.run_id}: samples.npz must hold only x, {expected.dtype} of shape {(n, *expected.shape[1:])}, got "
+                         f"{sorted(samples)} {None if x is None else (x.shape, x.dtype.str)}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise BenchError(f"bundle run {run.run_id}: samples hold NaN or inf")
+    steps = traces.get("t")
+    if steps is None or steps.ndim != 1 or steps.dtype.kind not in "iu":
+        raise BenchError(f"bundle run {run.run_id}: traces.npz must hold t, the traced steps as integers")
+    for name, values in _per_step(traces).items():
+        if values.ndim != 2 or values.shape != (len(steps), n) or values.dtype.kind != "f":
+            raise BenchError(f"bundle run {run.run_id}: trace {name!r} must be float [{len(steps)}, {n}], got {values.shape} {values.dtype.str}")
+    return samples, traces
+
+
+def _check_run(bundle: Bundle, run: RunEntry, method: MethodEntry) -> Checked:
+    """Everything about one run that can be checked without running its method; the samples judged here."""
+    resolved = _check_config(run, method)
+    task = resolved.task
+    runtime = runtime_for(task, pick_device(task))
+    samples, traces = _check_arrays(bundle, run, task, runtime)
+    judgement = _judge_samples(task, runtime, samples["x"], _per_step(traces), resolved.metrics, f"bundle run {run.run_id}")
+    recomputed = {m.name: m for m in judgement.metrics}
+    if set(recomputed) != set(run.metrics):
+        raise BenchError(f"bundle run {run.run_id}: states metrics {sorted(run.metrics)}, its samples give {sorted(recomputed)}")
+    for name, stated in run.metrics.items():
+        m = recomputed[name]
+        if not all(_close(a, b) for a, b in ((stated.value, m.value), (stated.low, m.low), (stated.high, m.high))):
+            raise BenchError(f"bundle run {run.run_id}: metric {name} states {stated.value} [{stated.low}, {stated.high}], its samples give "
+                             f"{m.value} [{m.low}, {m.high}]")
+    return Checked(run, resolved, samples, traces, judgement)
+
+
+def _close(stated: float | None, recomputed: float | None) -> bool:
+    recomputed = float("nan") if recomputed is None else recomputed
     if stated is None:
         return recomputed != recomputed
     return bool(np.isclose(stated, recomputed, rtol=METRIC_RTOL, atol=1e-12, equal_nan=True))
 
 
-def _check_run(bundle, run: RunEntry) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Everything about one run that can be checked without running its method; its arrays."""
-    if config_run_id(run.config) != run.run_id:
-        raise BenchError(f"bundle run {run.run_id}: its config hashes to {config_run_id(run.config)}, not its run id")
-    for key in ("task", "task_version", "seed", "samples", "steps", "params"):
-        if run.config.get(key) != getattr(run, key):
-            raise BenchError(f"bundle run {run.run_id}: {key} {getattr(run, key)!r} differs from its config's {run.config.get(key)!r}")
-    task = get_task(run.task)
-    if task.version != run.task_version:
-        raise BenchError(f"bundle run {run.run_id}: task {run.task} version {run.task_version} is not this harness's ({task.version}); "
-                         "re-submit with the current harness")
-    samples, records, traces = (bundle.arrays(run, kind) for kind in ("samples", "records", "traces"))
-    x = samples.get("x")
-    if x is None or x.ndim < 2 or len(x) != run.samples or x.dtype.kind not in "fu":
-        raise BenchError(f"bundle run {run.run_id}: samples.npz must hold x with {run.samples} rows of numbers, got "
-                         f"{None if x is None else (x.shape, x.dtype.str)}")
-    if "x" in records and not np.array_equal(records["x"], x.reshape(len(x), -1)):  # exact tasks judge the samples themselves
-        raise BenchError(f"bundle run {run.run_id}: the samples differ from the samples its records were judged on")
-    for name, values in records.items():
-        if values.dtype.kind not in "biuf" or len(values) > run.samples:
-            raise BenchError(f"bundle run {run.run_id}: record {name!r} has dtype {values.dtype.str} and {len(values)} rows; "
-                             f"records are numbers, at most one row per sample")
-    per_step = {name: values for name, values in traces.items() if name != "t"}
-    for name, values in per_step.items():
-        if values.ndim != 2 or values.shape[1] != run.samples or values.dtype.kind != "f" or values.shape[0] != len(traces.get("t", ())):
-            raise BenchError(f"bundle run {run.run_id}: trace {name!r} must be float [recorded steps, {run.samples}], got {values.shape} {values.dtype.str}")
-    runtime = runtime_for(task, pick_device(task))
-    wanted = tuple(run.config["metrics"])
-    recomputed = {s.name: s for s in runtime.statistics(records, per_step, wanted) if s.name in wanted}
-    if set(recomputed) != set(run.metrics):
-        raise BenchError(f"bundle run {run.run_id}: states metrics {sorted(run.metrics)}, the records give {sorted(recomputed)}")
-    for name, stated in run.metrics.items():
-        value, interval = recomputed[name].value(), recomputed[name].interval()
-        if not (_close(stated.value, value) and _close(stated.low, interval.low) and _close(stated.high, interval.high)):
-            raise BenchError(f"bundle run {run.run_id}: metric {name} states {stated.value} [{stated.low}, {stated.high}], its records give "
-                             f"{value} [{interval.low}, {interval.high}]")
-    return samples, records, traces
+def _calibration(entry: CalibrationEntry, checked: dict[str, Checked], method: str, created: float) -> CalibrationRecord:
+    """A calibration recomputed from its points' runs: the smallest scale meeting the target, and monotonicity."""
+    if entry.task != next((c.resolved.task.name for c in checked.values() if c.entry.run_id in entry.points), entry.task) or \
+            any(point not in checked for point in entry.points):
+        raise BenchError(f"bundle calibration on {entry.task}: every point must be a run of the bundle on that task")
+    runs = [checked[point] for point in dict.fromkeys(entry.points)]
+    fixed = [{k: v for k, v in c.entry.config["params"].items() if k != "scale"} for c in runs]
+    if any(c.resolved.task.name != entry.task for c in runs) or any(f != fixed[0] for f in fixed) or len({c.entry.run_id for c in runs}) != len(runs):
+        raise BenchError(f"bundle calibration on {entry.task}: its points must be runs of that task differing in scale only")
+    points = []
+    for c in runs:
+        scale = c.entry.config["params"].get("scale")
+        if not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
+            raise BenchError(f"bundle calibration on {entry.task}: run {c.entry.run_id} has no positive scale")
+        if "forbidden_rate" not in {m.name for m in c.judgement.metrics}:
+            raise BenchError(f"bundle calibration on {entry.task}: task reports no forbidden_rate, there is nothing to calibrate")
+        value, low, high = c.metric("forbidden_rate")
+        points.append({"scale": float(scale), "run_id": c.entry.run_id, "forbidden_rate": value, "interval": [low, high], "reused": False})
+    points.sort(key=lambda p: p["scale"])
+    meeting = [p for p in points if p["forbidden_rate"] <= entry.target]
+    if not meeting:
+        raise BenchError(f"bundle calibration on {entry.task}: no point meets its target {entry.target:g}; nothing to headline")
+    chosen = meeting[0]
+    monotone = not any(b["interval"][0] > a["interval"][1] for i, a in enumerate(points) for b in points[i + 1:])
+    key = hashlib.sha256(json.dumps([entry.task, entry.target, [p["run_id"] for p in points]]).encode()).hexdigest()[:12]
+    return CalibrationRecord(f"import-{key}", entry.task, method, json.dumps(fixed[0], sort_keys=True), entry.target, chosen["scale"],
+                             chosen["run_id"], monotone, json.dumps(points), created)
+
+
+def _check_suite(manifest: Manifest) -> None:
+    suite = get_suite(manifest.suite.get("name", ""))
+    if manifest.suite.get("version") != suite.version:
+        raise BenchError(f"bundle suite {suite.name} version {manifest.suite.get('version')!r} is not this harness's ({suite.version})")
+
+
+def _check_name_free(store: Store, manifest: Manifest) -> None:
+    """A method name belongs to one submitter here: refuse a bundle whose name is shown for someone else's runs."""
+    name = manifest.method.name
+    owners = store.query("SELECT DISTINCT provenance, submitter FROM runs WHERE method = ?", [name])
+    others = [row for row in owners.itertuples() if (row.provenance or "run here") == "run here" or row.submitter != manifest.submitter]
+    if others:
+        who = "runs made here" if (others[0].provenance or "run here") == "run here" else f"runs submitted by {others[0].submitter!r}"
+        raise BenchError(f"method name {name!r} is already used in this store by {who}; give the class another `name` and submit again")
 
 
 def import_bundle(path: Path, store: Store) -> list[str]:
-    """Validate the whole bundle, then store its runs as self-reported in one transaction; returns their ids."""
+    """Validate the whole bundle, then store its runs as self-reported, atomically; returns their ids."""
     store.check(writing=True)
     bundle = read_bundle(path)
     manifest = bundle.manifest
-    checked = {run.run_id: _check_run(bundle, run) for run in manifest.runs}
-    rows, staged = [], []
+    check_method(manifest.method)
+    _check_suite(manifest)
+    checked = {run.run_id: _check_run(bundle, run, manifest.method) for run in manifest.runs}
+    now = time.time()
+    calibrations = [_calibration(entry, checked, manifest.method.name, now) for entry in manifest.calibrations]
     root = artifacts_root(store)
-    try:
-        for run in manifest.runs:
-            samples, per_sample, traces = checked[run.run_id]
-            staging = Path(tempfile.mkdtemp(dir=_ensure(root), prefix=f".import-{run.run_id}-"))
-            staged.append((staging, root / run.run_id))
-            write_npz_atomic(staging / "samples.npz", **samples)
-            write_npz_atomic(staging / "records.npz", **per_sample)
-            write_npz_atomic(staging / "traces.npz", **traces)
-            write_bytes_atomic(staging / "config.json", json.dumps(run.config, indent=2, sort_keys=True).encode())
-            rows.append(_record(manifest, run, root / run.run_id, per_sample, traces))
-        store.write_runs(rows)
-        for run in manifest.runs:
-            if run.calibration is not None:  # the matched-safety headline shows imported runs too
-                store.write_calibration(CalibrationRecord(
-                    f"import-{run.run_id}-{run.calibration.target:g}", run.task, manifest.method.name,
-                    json.dumps(manifest.method.parameters, sort_keys=True), run.calibration.target, run.calibration.scale, run.run_id,
-                    run.calibration.monotone, json.dumps(run.calibration.points), time.time()))
-    except BaseException:
-        for staging, _ in staged:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    for staging, final in staged:  # the store is written: move the arrays where its rows point
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
+    present = set(store.query("SELECT run_id FROM runs").run_id) if store.exists() else set()
+    for run_id in checked:
+        if run_id in present:
+            raise BenchError(f"run {run_id} is already in the store {store.path}; import never replaces a stored run: import into another --db")
+        if (root / run_id).exists():
+            raise BenchError(f"{root / run_id} already exists (a run made or begun here); import never touches local artifacts")
+    _check_name_free(store, manifest)
+    records = [_record(manifest, c, root / c.entry.run_id, now) for c in checked.values()]
+    _stage_and_store(store, root, checked, records, calibrations)
     return [run.run_id for run in manifest.runs]
 
 
-def _ensure(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def _stage_and_store(store: Store, root: Path, checked: dict[str, Checked], records: list[RunRecord], calibrations: list[CalibrationRecord]) -> None:
+    """Folders staged under one `.import-*` folder, the store written in one transaction, then the folders renamed into place.
+
+    A kill before the commit leaves a staging folder the next open removes; after it, one the next open moves into place."""
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".import-"))
+    (staging / "owner").write_text(str(os.getpid()))  # the next open leaves a live importer's folder alone
+    try:
+        for c in checked.values():
+            folder = staging / c.entry.run_id
+            write_npz_atomic(folder / "samples.npz", **c.samples)
+            write_npz_atomic(folder / "records.npz", **c.judgement.records)
+            write_npz_atomic(folder / "traces.npz", **c.traces)
+            write_bytes_atomic(folder / "config.json", json.dumps(c.entry.config, indent=2, sort_keys=True).encode())
+        store.write_import(records, calibrations)
+    except BaseException:
+        if not _stored(store, records[0].run_id):  # not committed: nothing of the bundle stays
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            (staging / "owner").unlink(missing_ok=True)
+        raise
+    (staging / "owner").unlink()  # committed: from here an interrupted import is finished by the next open
+    for c in checked.values():
+        os.rename(staging / c.entry.run_id, root / c.entry.run_id)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
-def _record(manifest: Manifest, run: RunEntry, folder: Path, records: dict[str, np.ndarray], traces: dict[str, np.ndarray]) -> RunRecord:
-    from negguide.bench.run.engine import summarise_traces
+def _stored(store: Store, run_id: str) -> bool:
+    try:
+        return not store.query("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).empty
+    except BenchError:
+        return False
 
-    task = get_task(run.task)
-    per_step = {name: values for name, values in traces.items() if name != "t"}
-    labels = records.get("label")
-    metric_rows = [{"name": name, "value": m.value, "higher_is_better": _higher(name), "samples": m.samples, "low": m.low, "high": m.high,
-                    "interval": m.interval} for name, m in run.metrics.items()]
-    now = time.time()
-    return RunRecord(run_id=run.run_id, task=run.task, task_version=run.task_version, method=manifest.method.name, params=run.params,
-                     profile=run.protocol, seed=run.seed, samples=run.samples, steps=run.steps, config=run.config,
-                     git_commit=manifest.harness.get("commit"), packages=manifest.packages, timings={"sampling_s": run.wall_time_s, "imported_at": now},
-                     started_at=now - run.wall_time_s, finished_at=now, artifacts_dir=str(folder), metrics=metric_rows,
-                     traces=summarise_traces(traces.get("t", np.zeros(0)), per_step),
+
+def _record(manifest: Manifest, c: Checked, folder: Path, now: float) -> RunRecord:
+    resolved, run = c.resolved, c.entry
+    labels = c.judgement.records.get("label")
+    task = resolved.task
+    return RunRecord(run_id=run.run_id, task=task.name, task_version=task.version, method=manifest.method.name, params=run.config["params"],
+                     profile=resolved.profile, seed=resolved.seed, samples=resolved.samples, steps=resolved.steps, config=run.config,
+                     git_commit=manifest.harness.get("commit"), packages=manifest.packages,
+                     timings={"sampling_s": run.wall_time_s, "self_reported": True, "imported_at": now},
+                     started_at=now - run.wall_time_s, finished_at=now, artifacts_dir=str(folder),
+                     metrics=[m.as_dict() for m in c.judgement.metrics],
+                     traces=summarise_traces(c.traces["t"], _per_step(c.traces)),
                      class_counts=np.bincount(labels, minlength=task.n_classes).tolist() if labels is not None and task.n_classes else [],
-                     protocol=run.protocol, variance=run.variance, digests=run.digests,
-                     provenance="self-reported", submitter=manifest.submitter,
-                     task_info={"version": task.version, "family": task.family, "removed": task.removed, "n_classes": task.n_classes,
-                                "metrics": list(task.metrics), "details": task.details(), **task.headline()},
-                     method_info={"summary": manifest.method.summary, "needs": manifest.method.needs, "spec": manifest.method.spec,
-                                  "defaults": manifest.method.defaults, "submitter": manifest.submitter})
-
-
-def _higher(name: str) -> bool:
-    from negguide.metrics.base import METRICS
-
-    return METRICS[name].higher_is_better
+                     protocol=resolved.protocol, variance=resolved.sampler.variance, sampler=resolved.sampler.to_json(), digests=task.digests(),
+                     provenance="self-reported", submitter=manifest.submitter, task_info=_task_info(resolved),
+                     method_info={"spec": manifest.method.spec, "source_digest": manifest.method.source_digest, "submitter": manifest.submitter,
+                                  "self_reported": True})
 
 
 # ---- verify -------------------------------------------------------------------------------
 
+def detectable_share(total: int, checked: int, power: float = POWER) -> float:
+    """The smallest share of `total` samples that, if forged, `checked` samples drawn without replacement hit with `power`."""
+    if checked >= total:
+        return 1.0 / total
+    from scipy.stats import hypergeom
+
+    low, high = 1, total  # smallest m with P(no forged sample among the checked) <= 1 - power
+    while low < high:
+        middle = (low + high) // 2
+        if hypergeom.pmf(0, total, middle, checked) <= 1.0 - power:
+            high = middle
+        else:
+            low = middle + 1
+    return low / total
+
+
+def choose_ids(seed: int, run_id: str, total: int, count: int) -> np.ndarray:
+    """The sample ids verify re-draws for one run: fresh per seed, independent across runs, sorted."""
+    if count >= total:
+        return np.arange(total)
+    key = int.from_bytes(hashlib.sha256(f"{seed}:{run_id}".encode()).digest()[:8], "little")
+    return np.sort(np.random.default_rng(key).choice(total, size=count, replace=False))
+
+
 @dataclass(frozen=True)
 class Verification:
     verified: bool
-    checked_shards: int
-    runs: list[str]
+    seed: int
+    runs: list[dict]  # run_id, task, samples, checked, detects_share
     mismatch: str | None = None
+    marked: list[str] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"verified": self.verified, "checked_shards": self.checked_shards, "runs": self.runs, "mismatch": self.mismatch}
+        return {"verified": self.verified, "seed": self.seed, "checked_samples": sum(r["checked"] for r in self.runs), "runs": self.runs,
+                "mismatch": self.mismatch, "marked": self.marked}
 
 
-def _method_spec(manifest: Manifest, folder: Path) -> str:
-    """The spec that rebuilds the bundle's method here: a registered name, or its source written to a file of ours."""
-    method = manifest.method
-    if method.source is None:
-        return method.spec
-    file_name, class_name = Path(method.spec.split(":", 1)[0]).name, method.spec.rsplit(":", 1)[1]
-    (folder / file_name).write_text(method.source)
-    return f"{folder / file_name}:{class_name}"
+def _file_spec(method: MethodEntry, folder: Path) -> str:
+    """The bundle's method written to a file of ours (its digest already matched); the spec that loads it."""
+    match = FILE_SPEC.match(method.spec)
+    (folder / match.group(1)).write_bytes(method.source.encode("utf-8"))
+    return f"{folder / match.group(1)}:{match.group(2)}"
 
 
-def _matches(drawn: np.ndarray, stated: np.ndarray) -> bool:
+def _matches(drawn: np.ndarray, stated: np.ndarray) -> np.ndarray:
+    """Per sample: whether the re-drawn values match the bundle's (floats to 1e-6, uint8 to one level)."""
     if drawn.shape != stated.shape:
-        return False
+        return np.zeros(len(stated), dtype=bool)
+    flat_drawn, flat_stated = drawn.reshape(len(drawn), -1), stated.reshape(len(stated), -1)
     if stated.dtype.kind == "u":
-        return bool(np.abs(drawn.astype(np.int64) - stated.astype(np.int64)).max(initial=0) <= SAMPLE_ATOL["u"])
-    return bool(np.allclose(drawn, stated, rtol=1e-6, atol=SAMPLE_ATOL["f"]))
+        return (np.abs(flat_drawn.astype(np.int64) - flat_stated.astype(np.int64)) <= SAMPLE_TOLERANCE["u"]).all(axis=1)
+    return np.isclose(flat_drawn, flat_stated, rtol=SAMPLE_TOLERANCE["f"], atol=SAMPLE_TOLERANCE["f"]).all(axis=1)
 
 
-def verify_bundle(path: Path, store: Store, shards: int = 2, seed: int = 0, device: str | None = None) -> Verification:
-    """Re-draw `shards` random shards of every run with the bundle's method and compare; mark the runs verified."""
+def _redraw(resolved: ResolvedRun, ids: np.ndarray, device: torch.device, folder: Path) -> dict[str, np.ndarray]:
+    """Samples and traces of exactly these ids, drawn in batches of the run's batch size (sample i depends only on (seed, i))."""
+    runtime = runtime_for(resolved.task, device)
+    parts = []
+    for start in range(0, len(ids), resolved.batch_size):
+        chunk = ids[start:start + resolved.batch_size]
+        arrays = draw_shard(resolved.job(0, len(chunk), folder / "unused.npz"), device, ids=chunk)
+        arrays["x"] = runtime.to_artifact(torch.from_numpy(arrays["x"]))
+        parts.append(arrays)
+    traces = sorted(k for k in parts[0] if k.startswith("trace__"))
+    return {"x": np.concatenate([p["x"] for p in parts]), "t": parts[0]["trace_t"],
+            **{k.removeprefix("trace__"): np.concatenate([p[k] for p in parts], axis=1) for k in traces}}
+
+
+def _compare(run: RunEntry, bundle: Bundle, drawn: dict[str, np.ndarray], ids: np.ndarray) -> str | None:
+    """The first difference between re-drawn and bundled samples or traces, or None."""
+    samples, traces = bundle.arrays(run, "samples"), bundle.arrays(run, "traces")
+    bad = ids[~_matches(drawn["x"], samples["x"][ids])]
+    if len(bad):
+        return f"samples {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} ({len(bad)} of {len(ids)} checked) differ from the bundle's"
+    if not np.array_equal(drawn["t"], traces["t"]) or set(drawn) - {"x", "t"} != set(_per_step(traces)):
+        return f"its traces name other steps or quantities than the bundle's ({sorted(set(drawn) - {'x', 't'})})"
+    for name in sorted(set(drawn) - {"x", "t"}):
+        bad = ids[~_matches(drawn[name].T, traces[name][:, ids].T)]
+        if len(bad):
+            return f"trace {name!r} of samples {', '.join(map(str, bad[:5]))} differs from the bundle's"
+    return None
+
+
+def verify_bundle(path: Path, store: Store, samples: int = VERIFY_SAMPLES, every: bool = False, seed: int | None = None,
+                  device: str | None = None, announce: Callable[[str], None] | None = None) -> Verification:
+    """Re-draw sample ids chosen with fresh randomness from every run with the bundle's method and compare; mark matching stored runs verified."""
+    if samples < 1:
+        raise BenchError(f"--samples must be >= 1, got {samples}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise BenchError(f"--seed must be between 0 and 2**63-1, got {seed}")
+    check_device(device)
+    seed = secrets.randbits(63) if seed is None else seed
     bundle = read_bundle(path)
     manifest = bundle.manifest
-    rng = np.random.default_rng(seed)
-    checked = 0
+    check_method(manifest.method)  # the source matches its digest before any of it is written or run
+    for run in manifest.runs:
+        task = _check_config(run, manifest.method).task
+        _check_arrays(bundle, run, task, runtime_for(task, pick_device(task, device)))
+    plan = [{"run_id": run.run_id, "task": run.config["task"], "samples": run.config["samples"],
+             "checked": run.config["samples"] if every else min(samples, run.config["samples"])} for run in manifest.runs]
+    for row in plan:
+        row["detects_share"] = detectable_share(row["samples"], row["checked"])
+    if announce is not None:
+        code = f"the method file {manifest.method.spec.split(':')[0]} (digest {manifest.method.source_digest}) carried by the bundle" \
+            if manifest.method.source is not None else f"this harness's method {manifest.method.spec!r}"
+        announce(f"verify now runs {code} to re-draw {sum(r['checked'] for r in plan)} samples; seed {seed} (--seed {seed} repeats this check)")
     with tempfile.TemporaryDirectory(prefix="negguide-verify-") as folder:
-        spec = _method_spec(manifest, Path(folder))
-        digest = MethodSpec.of(spec, {}).source_digest
-        if manifest.method.source is not None and digest != manifest.method.source_digest:
-            return Verification(False, 0, [], f"the method source digests to {digest}, the manifest says {manifest.method.source_digest}")
-        for run in manifest.runs:
-            samples, _, _ = _check_run(bundle, run)
-            task = get_task(run.task)
-            method = MethodSpec.of(spec, run.params)
-            starts = list(range(0, run.samples, SHARD_SIZE))
-            for start in sorted(rng.choice(starts, size=min(shards, len(starts)), replace=False)):
-                stop = min(start + SHARD_SIZE, run.samples)
-                job = ShardJob(task, method, run.steps, run.seed, run.variance, int(start), int(stop), Path(folder) / "unused.npz")
-                device_here = pick_device(task, device)
-                drawn = runtime_for(task, device_here).to_artifact(torch.from_numpy(draw_shard(job, device_here)["x"]))
-                checked += 1
-                if not _matches(drawn, samples["x"][start:stop]):
-                    return Verification(False, checked, [r.run_id for r in manifest.runs],
-                                        f"run {run.run_id} ({run.task}): samples {start}-{stop} re-drawn here differ from the bundle's")
-    present = set(store.runs().run_id) if store.exists() else set()
-    mine = [run.run_id for run in manifest.runs if run.run_id in present]
-    if mine:
-        store.mark_verified(mine)
-    return Verification(True, checked, [run.run_id for run in manifest.runs])
+        spec = _file_spec(manifest.method, Path(folder)) if manifest.method.source is not None else manifest.method.spec
+        for run, row in zip(manifest.runs, plan):
+            config = run.config
+            resolved = _resolved_of(config, spec, config["params"])
+            different = _differences(config, resolved.config, ("method_spec",))
+            if different:
+                return Verification(False, seed, plan, f"run {run.run_id}: the bundle's method resolves config field {different[0]!r} to "
+                                                       f"{resolved.config.get(different[0])!r}, the bundle states {config.get(different[0])!r}")
+            ids = choose_ids(seed, run.run_id, row["samples"], row["checked"])
+            drawn = _redraw(resolved, ids, pick_device(resolved.task, device), Path(folder))
+            problem = _compare(run, bundle, drawn, ids)
+            if problem:
+                return Verification(False, seed, plan, f"run {run.run_id} ({run.config['task']}): {problem}")
+    marked = _mark(store, bundle, seed, plan)
+    return Verification(True, seed, plan, marked=marked)
+
+
+def _mark(store: Store, bundle: Bundle, seed: int, plan: list[dict]) -> list[str]:
+    """Mark verified the stored runs that hold exactly this bundle's samples and traces (imported from it)."""
+    if not store.exists():
+        return []
+    rows = store.query("SELECT run_id, artifacts_dir, provenance FROM runs")
+    folders = {r.run_id: r.artifacts_dir for r in rows.itertuples() if r.provenance in ("self-reported", "verified")}
+    checks = []
+    for run, row in zip(bundle.manifest.runs, plan):
+        if run.run_id not in folders:
+            continue
+        stored = {kind: read_npz(Path(folders[run.run_id]) / f"{kind}.npz") for kind in ("samples", "traces")}
+        same = all(stored[kind] is not None and set(stored[kind]) == set(bundle.arrays(run, kind))
+                   and all(np.array_equal(stored[kind][k], v) for k, v in bundle.arrays(run, kind).items()) for kind in stored)
+        if same:
+            checks.append({**row, "seed": seed})
+    if checks:
+        store.mark_verified(checks)
+    return [check["run_id"] for check in checks]

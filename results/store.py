@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,15 @@ CREATE TABLE IF NOT EXISTS comparisons (
     interval VARCHAR,
     PRIMARY KEY (run_a, run_b, metric)
 );
+CREATE TABLE IF NOT EXISTS verifications (
+    run_id VARCHAR NOT NULL,
+    verified_at TIMESTAMP NOT NULL,
+    seed VARCHAR NOT NULL,
+    checked BIGINT NOT NULL,
+    samples BIGINT NOT NULL,
+    detects_share DOUBLE NOT NULL,
+    PRIMARY KEY (run_id, verified_at)
+);
 CREATE TABLE IF NOT EXISTS task_info (
     task VARCHAR PRIMARY KEY,
     info VARCHAR NOT NULL
@@ -117,6 +127,7 @@ MIGRATIONS = (
     "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS interval VARCHAR",
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS provenance VARCHAR",
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS submitter VARCHAR",
+    "ALTER TABLE runs ADD COLUMN IF NOT EXISTS sampler VARCHAR",
 )
 PROVENANCES = ("run here", "self-reported", "verified")
 
@@ -152,7 +163,8 @@ class RunRecord:
     sweep_id: str | None = None
     status: str = "done"
     protocol: str | None = None  # the protocol the run satisfies; None: exploratory
-    variance: str = "beta_tilde"  # the sampler's noise variance
+    variance: str | None = "beta_tilde"  # DDPM's noise variance (None for the other samplers)
+    sampler: str | None = None  # the sampler spec as JSON ({"name", "settings"}); rows from before samplers have none
     digests: dict = field(default_factory=dict)  # content digests of the judge and the reference
     provenance: str = "run here"  # or "self-reported" (imported from a bundle), "verified" (imported, then re-drawn and matched)
     submitter: str | None = None
@@ -208,10 +220,15 @@ class Store:
         """Fail before any work when the store cannot be read (or written): one line naming the fix."""
         if self.path.is_dir():
             raise BenchError(f"the store {self.path} is a folder; pass --db path/to/file.duckdb")
+        artifacts = self.path.parent / "artifacts"
+        if writing and artifacts.exists() and not (artifacts.is_dir() and os.access(artifacts, os.W_OK | os.X_OK)):
+            raise BenchError(f"the artifacts folder {artifacts} beside the store is not a writable folder; pass --db with a writable path")
         if self.exists():
             self._connect(read_only=True).close()  # not a DuckDB file: BenchError
             if writing and not os.access(self.path, os.W_OK):
                 raise BenchError(f"the store {self.path} is not writable; pass --db with a writable path")
+            if writing:
+                self.recover_imports()
             return
         if writing:
             ancestor = self.path.parent
@@ -259,17 +276,65 @@ class Store:
 
         self._transaction(write)
 
-    def mark_verified(self, run_ids: list[str]) -> None:
-        self._transaction(lambda con: con.executemany("UPDATE runs SET provenance = 'verified' WHERE run_id = ?", [[r] for r in run_ids]))
+    def mark_verified(self, checks: list[dict]) -> None:
+        """Mark runs verified with what was checked: {run_id, seed, checked, samples, detects_share} each (the badge's evidence)."""
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            now = time.time()
+            for check in checks:
+                con.execute("UPDATE runs SET provenance = 'verified' WHERE run_id = ?", [check["run_id"]])
+                con.execute("INSERT INTO verifications VALUES (?, to_timestamp(?), ?, ?, ?, ?)",
+                            [check["run_id"], now, str(check["seed"]), check["checked"], check["samples"], check["detects_share"]])
+
+        self._transaction(write)
+
+    def verifications(self, run_id: str) -> pd.DataFrame:
+        """What each verification of a run checked (empty for a store older than the table)."""
+        if not self.exists() or "verifications" not in self._tables():
+            return pd.DataFrame(columns=["run_id", "verified_at", "seed", "checked", "samples", "detects_share"])
+        return self.query("SELECT * FROM verifications WHERE run_id = ? ORDER BY verified_at", [run_id])
+
+    def write_import(self, records: list[RunRecord], calibrations: list[CalibrationRecord]) -> None:
+        """An imported bundle's runs and calibrations in one transaction; a run or calibration id stored here refuses them all."""
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            for record in records:
+                found = con.execute("SELECT provenance FROM runs WHERE run_id = ?", [record.run_id]).fetchone()
+                if found is not None:
+                    raise BenchError(f"run {record.run_id} is already in the store {self.path} ({found[0] or 'run here'}); import never replaces "
+                                     "a stored run: import into another --db")
+                self._insert(con, record)
+            for calibration in calibrations:
+                if con.execute("SELECT 1 FROM calibrations WHERE calibration_id = ?", [calibration.calibration_id]).fetchone():
+                    raise BenchError(f"calibration {calibration.calibration_id} is already in the store {self.path}; import never replaces it")
+                self._insert_calibration(con, calibration)
+
+        self._transaction(write)
+
+    def recover_imports(self) -> None:
+        """Finish or undo an import a kill interrupted: staged run folders move into place when the store has their
+        rows (the transaction committed), and are removed otherwise (it did not)."""
+        root = self.path.parent / "artifacts"  # the engine's artifacts root (bench.run.engine.artifacts_root)
+        staged = [folder for folder in root.glob(".import-*") if folder.is_dir() and not _owner_alive(folder)] if root.is_dir() else []
+        if not staged:
+            return
+        present = set(self.query("SELECT run_id FROM runs").run_id) if self.exists() else set()
+        for folder in staged:
+            for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+                if run_dir.name in present and not (root / run_dir.name).exists():
+                    os.rename(run_dir, root / run_dir.name)
+            shutil.rmtree(folder, ignore_errors=True)
 
     def write_calibration(self, record: CalibrationRecord) -> None:
         def write(con: duckdb.DuckDBPyConnection) -> None:
             con.execute("DELETE FROM calibrations WHERE calibration_id = ?", [record.calibration_id])
-            con.execute("INSERT INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?))",
-                        [record.calibration_id, record.task, record.method, record.params, record.target, record.scale, record.run_id,
-                         record.monotone, record.points, record.created_at])
+            self._insert_calibration(con, record)
 
         self._transaction(write)
+
+    @staticmethod
+    def _insert_calibration(con: duckdb.DuckDBPyConnection, record: CalibrationRecord) -> None:
+        con.execute("INSERT INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?))",
+                    [record.calibration_id, record.task, record.method, record.params, record.target, record.scale, record.run_id,
+                     record.monotone, record.points, record.created_at])
 
     def write_comparison(self, run_a: str, run_b: str, rows: list[dict]) -> None:
         """Paired differences b - a per metric (`bench compare`, `bench run`'s baseline), so readers need not recompute them."""
@@ -305,12 +370,12 @@ class Store:
     def _insert(con: duckdb.DuckDBPyConnection, r: RunRecord) -> None:
         con.execute(
             "INSERT INTO runs (run_id, task, task_version, method, params, profile, seed, samples, steps, sweep_id, config, git_commit, "
-            "packages, timings, started_at, finished_at, wall_seconds, status, artifacts_dir, protocol, variance, digests, provenance, submitter) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), to_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?)",
+            "packages, timings, started_at, finished_at, wall_seconds, status, artifacts_dir, protocol, variance, digests, provenance, submitter, sampler) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), to_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [r.run_id, r.task, r.task_version, r.method, json.dumps(r.params, sort_keys=True), r.profile, r.seed, r.samples, r.steps,
              r.sweep_id, json.dumps(r.config, sort_keys=True), r.git_commit, json.dumps(r.packages, sort_keys=True),
              json.dumps(r.timings), r.started_at, r.finished_at, r.finished_at - r.started_at, r.status, r.artifacts_dir,
-             r.protocol, r.variance, json.dumps(r.digests, sort_keys=True), r.provenance, r.submitter],
+             r.protocol, r.variance, json.dumps(r.digests, sort_keys=True), r.provenance, r.submitter, r.sampler],
         )
         if r.metrics:
             con.executemany("INSERT INTO metrics (run_id, name, value, higher_is_better, samples, low, high, interval) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -348,7 +413,7 @@ class Store:
 
     def runs(self, task: str | None = None) -> pd.DataFrame:
         where, params = ("WHERE task = ?", [task]) if task else ("", [])
-        runs = _with_columns(self.query(f"SELECT * FROM runs {where} ORDER BY finished_at", params), ("protocol", "variance", "digests", "submitter"))
+        runs = _with_columns(self.query(f"SELECT * FROM runs {where} ORDER BY finished_at", params), ("protocol", "variance", "digests", "submitter", "sampler"))
         runs = _with_columns(runs, ("provenance",))
         runs["provenance"] = runs["provenance"].fillna("run here")  # runs stored before provenance was kept were run here
         return runs
@@ -388,6 +453,23 @@ class Store:
             return {}
         rows = self.query(f"SELECT info FROM {table} WHERE {key} = ?", [name])
         return json.loads(rows.iloc[0, 0]) if not rows.empty else {}
+
+
+def _owner_alive(folder: Path) -> bool:
+    """Whether the process staging an import folder (its `owner` file) still runs: its folder is not ours to touch."""
+    try:
+        pid = int((folder / "owner").read_text())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _with_columns(frame: pd.DataFrame, columns: tuple[str, ...], fill: object = None) -> pd.DataFrame:

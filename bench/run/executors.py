@@ -10,7 +10,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from negguide.bench.run.plan import ShardJob
-from negguide.bench.run.shards import draw_shard, pick_device
+from negguide.bench.run.shards import check_device, draw_shard, pick_device
 
 Progress = Callable[[int], None]  # sample-steps done since the last call
 
@@ -25,6 +25,7 @@ class InProcessExecutor:
     """Draws shards one after another in this process, on the task's device (or the one asked for)."""
 
     def __init__(self, device: str | None = None):
+        check_device(device)
         self.device = device
 
     def run(self, jobs: list[ShardJob], progress: Progress) -> Iterator[tuple[ShardJob, dict[str, np.ndarray]]]:
