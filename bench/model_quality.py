@@ -2,7 +2,8 @@
 
     python -m negguide.bench.model_quality --samples 1000 [--inception] --out docs/mnist-model
 
-Draws unguided samples on the quick protocol's chain (50 steps, beta_tilde, seed 0) and prints, with
+Draws unguided samples through the engine's plan (the quick protocol's chain by default: 50 DDPM steps,
+beta_tilde, seed 0; `--sampler`/`--sampler-param` as for `bench run`) and prints, with
 95% intervals: the share the judge classifies with p > 0.9 (target >= 0.92), the class histogram's KL
 to uniform (target <= 0.01), and the judge-space Fréchet distance to all 5,000 digits; beside them the
 same figures for the judge's 1,000 held-out real digits. `--inception` adds the Inception FID to all
@@ -16,14 +17,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from negguide.bench.run.shards import pick_device, runtime_for
-from negguide.bench.sampler import sample
-from negguide.bench.tasks import get_task
+from negguide.bench.run.plan import RunRequest, resolve
+from negguide.bench.run.shards import draw_shard, pick_device, runtime_for
 from negguide.bench.tasks.mnist import ddpm_dir, reference_stats
-from negguide.methods import load_method
 from negguide.metrics.classes import class_histogram, kl_classes
 from negguide.metrics.frechet import frechet_statistic
 from negguide.metrics.intervals import Statistic
@@ -46,16 +44,15 @@ def figures(records: dict) -> dict[str, dict]:
     return out
 
 
-def unguided_samples(samples: int, steps: int, seed: int, batch_size: int):
-    """Unguided samples of mnist-remove-0's model (the removed class plays no part), the runtime, seconds."""
-    task = get_task("mnist-remove-0")
-    device = pick_device(task)
-    runtime = runtime_for(task, device)
-    chain = task.schedule.steps(steps)
+def unguided_samples(request: RunRequest):
+    """Unguided samples of mnist-remove-0's model (the removed class plays no part), drawn shard by shard as a
+    run's would be but not stored; the resolved run, the runtime, seconds."""
+    resolved = resolve(request)
+    device = pick_device(resolved.task)
+    runtime = runtime_for(resolved.task, device)
     started = time.time()
-    parts = [sample(load_method("none"), runtime.condition(np.arange(a, min(a + batch_size, samples))), chain, seed, task.shape,
-                    device=device)[0].cpu() for a in range(0, samples, batch_size)]
-    return torch.cat(parts), runtime, time.time() - started
+    parts = [torch.from_numpy(draw_shard(job, device)["x"]) for job in resolved.shard_jobs(Path("not-saved"))]
+    return torch.cat(parts), resolved, runtime, time.time() - started
 
 
 def real_digit_records(runtime) -> dict:
@@ -80,15 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", help="as for `bench run` (default: the quick protocol's, DDPM with beta_tilde)")
+    parser.add_argument("--sampler-param", action="append", default=[], metavar="KEY=VALUE", help="a sampler setting (repeatable)")
     parser.add_argument("--inception", action="store_true", help="also the Inception FID against all 5,000 digits (minutes on a CPU)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     config = json.loads((ddpm_dir() / "config.json").read_text())
-    xt, runtime, sampling_s = unguided_samples(args.samples, args.steps, args.seed, args.batch_size)
+    settings = dict(pair.split("=", 1) for pair in args.sampler_param)
+    xt, resolved, runtime, sampling_s = unguided_samples(RunRequest(task="mnist-remove-0", method="none", samples=args.samples, steps=args.steps,
+                                                                    seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
+                                                                    sampler_params=settings))
     records = runtime.records(xt, ())
     report = {
         "model": {"steps": config.get("init_steps", 0) + config["steps_done"], "parameters": config["param_count"]},
-        "samples": args.samples, "steps": args.steps, "seed": args.seed, "variance": "beta_tilde", "sampling_s": round(sampling_s, 1),
+        "samples": args.samples, "steps": args.steps, "seed": args.seed, "sampler": resolved.sampler.as_dict(), "sampling_s": round(sampling_s, 1),
         "device": str(runtime.device), "class_histogram": class_histogram(records["label"], 10).tolist(),
         "generated": figures(records), "real_held_out": figures(real_digit_records(runtime)),
     }
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "unguided_grid.png").write_bytes(image_grid_png(images, columns=16, limit=160))
     (args.out / "quality.json").write_text(json.dumps(report, indent=2))
     print(f"model: {report['model']['steps']} training steps, {report['model']['parameters']:,} parameters; "
-          f"{args.samples} unguided samples x {args.steps} steps in {sampling_s:.0f} s on {runtime.device}")
+          f"{args.samples} unguided samples x {args.steps} steps of {resolved.sampler.label()} in {sampling_s:.0f} s on {runtime.device}")
     for name, generated in report["generated"].items():
         real = report["real_held_out"][name]
         print(f"  {name:<16} {generated['value']:.4f} [{generated['low']:.4f}, {generated['high']:.4f}] (n={generated['n']})   "

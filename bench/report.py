@@ -1,6 +1,7 @@
 """A results page for one task: guidance methods compared at matched safety, with intervals.
 
     python -m negguide.bench.report --task gmm1d-remove-1 --targets 0.01,0.005 --out docs/results/gmm1d-remove-1
+    python -m negguide.bench.report --task gmm1d-remove-1 --sampler ddim --sampler-param eta=0 --steps 50 --out ...
 
 For each target forbidden share, every method is calibrated (`bench calibrate`: the smallest scale
 meeting the target) on one protocol; the page gives each method's quality at that scale with 95%
@@ -44,13 +45,13 @@ def cells(result: dict, columns: list[str]) -> dict[str, str]:
     return {name if name != "kl_classes" else "KL": with_interval(m[name], *i[name]) for name in ("forbidden_rate", *columns)}
 
 
-def calibrated(task: str, methods: list[str], targets: list[float], fixed: dict, protocol: str, store: Store, max_runs: int,
+def calibrated(base: RunRequest, methods: list[str], targets: list[float], fixed: dict, store: Store, max_runs: int,
                starts: dict, tolerance: float) -> dict:
-    """(target, method) -> Calibration, every run stored."""
+    """(target, method) -> Calibration, every run stored; `base` names the task, protocol, sampler and steps."""
     found = {}
     for target in targets:
         for method in methods:
-            request = RunRequest(task=task, method=method, params=dict(fixed.get(method, {})), protocol=protocol)
+            request = replace(base, method=method, params=dict(fixed.get(method, {})))
             found[(target, method)] = calibrate(request, target, store, start=starts.get(method), max_runs=max_runs, tolerance=tolerance,
                                                 progress=False)
     return found
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--db", type=Path)
     parser.add_argument("--protocol", default="quick")
+    parser.add_argument("--sampler", help="the sampler every run uses (default: the protocol's)")
+    parser.add_argument("--sampler-param", action="append", default=[], metavar="KEY=VALUE", help="a sampler setting (repeatable)")
+    parser.add_argument("--steps", type=int, help="respaced steps (default: the protocol's)")
     parser.add_argument("--targets", default="0.01", help="comma-separated forbidden shares, e.g. 0.01,0.005")
     parser.add_argument("--methods", default="np,sld,dng")
     parser.add_argument("--fixed", type=json.loads, default={}, help="JSON {method: {param: value}} held fixed")
@@ -169,16 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     store.check(writing=True)
     args.out.mkdir(parents=True, exist_ok=True)
     targets, methods = [float(t) for t in args.targets.split(",")], args.methods.split(",")
-    found = calibrated(args.task, methods, targets, args.fixed, args.protocol, store, args.max_runs, args.starts, args.tolerance)
-    base = RunRequest(task=args.task, method="none", protocol=args.protocol)
+    base = RunRequest(task=args.task, method="none", protocol=args.protocol, steps=args.steps, sampler=args.sampler,
+                      sampler_params=dict(pair.split("=", 1) for pair in args.sampler_param))
+    found = calibrated(base, methods, targets, args.fixed, store, args.max_runs, args.starts, args.tolerance)
     unguided = None if args.no_unguided else run_one(resolve(base), store, progress=False).result
     quality, _ = headline_of(store, args.task)
     picture = plot(found, store, quality, unguided, targets, args.out)
     command = "python -m negguide.bench.report " + shlex.join(argv if argv is not None else sys.argv[1:])
-    protocol = resolve(replace(base, method="np")).task.protocol(args.protocol)
+    run = resolve(replace(base, method="np"))
+    exploratory = "" if run.protocol else " (not the protocol's own steps or sampler: exploratory runs)"
     lines = [f"# Results: {args.task} at matched safety", "", "Regenerate with:", "", "```", command, "```", "",
-             f"Protocol `{args.protocol}`: {protocol.samples} samples, {protocol.steps} steps, seed {protocol.seed}, sampler variance "
-             f"{protocol.variance}. Each method is calibrated to the smallest guidance scale whose forbidden share is at most the "
+             f"Protocol `{args.protocol}`: {run.samples} samples, {run.steps} steps of the sampler `{run.sampler.label()}`, seed {run.seed}"
+             f"{exploratory}. Each method is calibrated to the smallest guidance scale whose forbidden share is at most the "
              f"target (bracketing, then bisection to {args.tolerance:.0%} or {args.max_runs} runs; `bench calibrate`). Values are `value [95% interval]`: Wilson for shares, "
              f"bootstrap over samples otherwise. Quality metric: `{quality}`.", ""]
     for target in targets:

@@ -19,11 +19,14 @@ from negguide.methods.schedule import Step
 Predictions = dict[str, torch.Tensor]  # "uncond", "neg", ... -> [B, *shape]
 State = dict[str, torch.Tensor]  # per-sample tensors, first dimension B
 WINDOW_DEFAULTS = {"t_low": 0, "t_high": 999}  # the whole chain of a T = 1000 schedule
+_NOTHING = object()
 
 
 @dataclass(frozen=True)
 class Params:
     """Hyperparameters of a method: `scale` (the guidance scale of every method) and the time window."""
+
+    added_later: ClassVar[dict[str, Any]] = {}  # parameter -> default left out of run configs (ids made before it stand)
 
     scale: float = 1.0
     t_low: int = WINDOW_DEFAULTS["t_low"]  # guidance only for training timesteps t_low <= t <= t_high
@@ -82,11 +85,11 @@ class GuidanceMethod:
         return self.params.t_low <= step.t <= self.params.t_high
 
     def config(self) -> dict[str, Any]:
-        """Name and parameters; the window is listed only where it differs from the whole chain."""
+        """Name and parameters; the window, and parameters added after runs were stored (`Params.added_later`),
+        are listed only where they differ from their defaults, so those runs keep their ids."""
         params = dataclasses.asdict(self.params)
-        if not self.window_in_config:
-            params = {k: v for k, v in params.items() if WINDOW_DEFAULTS.get(k, object()) != v}
-        return {"method": self.name, "params": params}
+        quiet = {**(WINDOW_DEFAULTS if not self.window_in_config else {}), **self.Params.added_later}
+        return {"method": self.name, "params": {k: v for k, v in params.items() if quiet.get(k, _NOTHING) != v}}
 
     # ---- what the sampler calls: the protocol above, windowed and checked ----------------------
 

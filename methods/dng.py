@@ -3,6 +3,17 @@
 The guidance scale is lam_t = scale * p / (1 - p), where p is a per-sample posterior of the
 negative concept tracked along the chain from the unguided and negative means; the posterior
 of the previous step guides the current one (the paper's staggered update).
+
+The paper derives the update for a stochastic Gaussian step: Bayes' rule on the realised x_prev
+under the two kernels N(mu_u, sigma^2) and N(mu_n, sigma^2). Under another sampler the means are
+that sampler's (`means="sampler"`, the default: mu = its transition's mean for eps_u and eps_n) or
+the DDPM ancestral kernel's (`means="ddpm"`, as if the step had been DDPM's, the reference code's
+view). sigma^2 is beta_tilde (the reference code), beta (Algorithm 2) or the variance the sampler's
+step actually adds (`variance="sampler"`): a deterministic step (DDIM eta 0, DPM-Solver++) has no
+likelihood ratio, so with "sampler" the posterior stands still there, while beta_tilde and beta score
+the realised step as if it had been drawn with the ancestral kernel's noise. On DDPM's own steps
+every choice of `means` gives the same numbers; how each tracks the exact posterior under each
+sampler is measured on the mixture tasks (benchmarks/dng_posterior_samplers.py).
 """
 from __future__ import annotations
 
@@ -14,18 +25,22 @@ import torch
 from negguide.methods.base import GuidanceMethod, Params, Predictions, State, per_sample
 from negguide.methods.schedule import Step
 
-VARIANCES = ("beta_tilde", "beta")
+VARIANCES = ("beta_tilde", "beta", "sampler")
+MEANS = ("sampler", "ddpm")
 
 
 @dataclass(frozen=True)
 class DNGParams(Params):
+    added_later = {"means": "sampler"}  # runs stored before samplers keep their ids
+
     scale: float = 5.0  # lam0 of the paper
     prior: float = 0.25
     tau: float = 0.25  # temperature on the distance difference
     delta: float = 0.0  # offset biasing the posterior upwards
     p_min: float = 1e-6
     p_max: float = 0.99
-    variance: str = "beta_tilde"  # sigma^2 of the update: reference code "beta_tilde", Algorithm 2 "beta"
+    variance: str = "beta_tilde"  # sigma^2 of the update: reference code "beta_tilde", Algorithm 2 "beta", or the sampler's step's
+    means: str = "sampler"  # the two kernels' means: the sampler's transition, or the DDPM ancestral kernel's
 
     def validate(self) -> None:
         super().validate()
@@ -35,6 +50,8 @@ class DNGParams(Params):
             raise ValueError(f"need 0 < p_min < p_max < 1, got p_min={self.p_min}, p_max={self.p_max}")
         if self.variance not in VARIANCES:
             raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
+        if self.means not in MEANS:
+            raise ValueError(f"means must be one of {', '.join(MEANS)}, got {self.means!r}")
 
 
 class DynamicNegativeGuidance(GuidanceMethod):
@@ -54,10 +71,12 @@ class DynamicNegativeGuidance(GuidanceMethod):
 
     def observe(self, step: Step, x: torch.Tensor, x_prev: torch.Tensor, preds: Predictions, state: State) -> State:
         p = self.params
-        sigma2 = step.beta_tilde if p.variance == "beta_tilde" else step.beta
-        if sigma2 <= 0.0:  # the last step adds no noise: the likelihood ratio is undefined
+        taken = step.taken(x)
+        sigma2 = {"beta_tilde": step.beta_tilde, "beta": step.beta, "sampler": taken.variance}[p.variance]
+        if sigma2 <= 0.0:  # no noise on this step: the likelihood ratio is undefined
             return state
-        mu_u, mu_n = step.mean(x, preds["uncond"]), step.mean(x, preds["neg"])
+        mean = taken.mean if p.means == "sampler" else (lambda eps: step.mean(x, eps))
+        mu_u, mu_n = mean(preds["uncond"]), mean(preds["neg"])
         diff = ((x_prev - mu_n) ** 2).flatten(1).sum(1) - ((x_prev - mu_u) ** 2).flatten(1).sum(1)
         log_p = state["log_posterior"] + (-p.tau * diff.double() + p.delta) / (2.0 * sigma2)
         log_p = log_p.clamp(math.log(p.p_min), math.log(p.p_max))

@@ -101,16 +101,20 @@ def leaderboard_table(store: Store, task: str | None = None, exploratory: bool =
 
 
 def matched_safety_table(store: Store, task: str, target: float = DEFAULT_TARGET) -> pd.DataFrame:
-    """Per method, its newest calibrated run at `target`, ranked by quality with shared ranks."""
+    """Per method, its newest calibrated protocol run at `target`, ranked by quality with shared ranks.
+
+    Only calibrations whose runs satisfy a protocol count: one with another sampler or step count is
+    exploratory and never replaces the protocol's in the headline."""
     calibrations = store.calibrations(task)
     if calibrations.empty:
         return calibrations
-    chosen = calibrations[np.isclose(calibrations["target"], target)].drop_duplicates(["method", "params"], keep="last")
+    chosen = calibrations[np.isclose(calibrations["target"], target)]
     if chosen.empty:
         return chosen
     wide = store.wide(task, intervals=True)
     quality, _ = headline_of(store, task)
     rows = chosen[["method", "params", "scale", "run_id", "monotone"]].merge(wide.drop(columns=["method", "params"]), on="run_id", how="inner")
+    rows = rows[rows["protocol"].notna()].drop_duplicates(["method", "params"], keep="last")
     rows = _interval_columns(_interval_columns(_interval_columns(rows, quality), "forbidden_rate"), "kl_classes")
     lower_better = lower_is_better(quality)
     rows = rows.sort_values(quality, ascending=lower_better, na_position="last")

@@ -63,7 +63,10 @@ class Calibration:
 
 
 def calibration_id(request: RunRequest, target: float) -> str:
+    """Ids of requests that name no sampler are those made before samplers existed."""
     key = [request.task, request.method, request.params, request.protocol, request.samples, request.steps, request.seed, request.variance, target]
+    if request.sampler is not None or request.sampler_params:
+        key.append({"sampler": request.sampler, "settings": request.sampler_params})
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

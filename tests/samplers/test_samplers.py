@@ -125,3 +125,69 @@ def test_euler_ancestral_matches_diffusers(float64_diffusers):
         x = scheduler.step(fake_eps(x * ABAR[t] ** 0.5, t), float(t), x).prev_sample
     assert len(calls) == STEPS
     torch.testing.assert_close(harness_chain(SamplerSpec.of("euler-ancestral")), x, rtol=1e-9, atol=1e-9)
+
+
+# ---- closed forms: Gaussian data N(0, S^2), whose exact eps and probability-flow map are known ---------------
+
+S = 0.5
+
+
+class GaussianEps:
+    """The exact eps of N(0, S^2) data under the VP process: sqrt(1 - abar) x / (abar S^2 + 1 - abar)."""
+
+    def __call__(self, x, step, names):
+        abar = step.alpha_bar
+        return {name: (1.0 - abar) ** 0.5 * x / (abar * S**2 + 1.0 - abar) for name in names}
+
+
+def gaussian_chain(spec: SamplerSpec, steps: int, rows: int = 2000) -> torch.Tensor:
+    x, _ = sample(load_method("none"), Conditioning(GaussianEps(), np.arange(rows)), SCHEDULE.steps(steps), 0, (1,),
+                  dtype=torch.float64, sampler=spec.build())
+    return x
+
+
+def flow_error(spec: SamplerSpec, steps: int) -> float:
+    """Largest error against the exact probability-flow map, x_T -> x_T S / sqrt(abar_T S^2 + 1 - abar_T)."""
+    x_T = noise.gaussian(0, np.arange(2000), noise.INITIAL, (1,))
+    abar = float(ABAR[999])
+    return float((gaussian_chain(spec, steps) - x_T * S / (abar * S**2 + 1.0 - abar) ** 0.5).abs().max())
+
+
+@pytest.mark.parametrize("spec, order", [(("ddim", {"eta": 0}), 1), (("dpm-solver++", {"order": 1}), 1), (("dpm-solver++", {}), 2)])
+def test_deterministic_samplers_converge_to_the_probability_flow_at_their_order(spec, order):
+    coarse, fine = flow_error(SamplerSpec.of(*spec), 100), flow_error(SamplerSpec.of(*spec), 500)
+    # 5x the steps divides the error by about 5 (first order; measured 4.85) or 25 (second order; measured 44)
+    assert fine < 0.02 and (3.5 < coarse / fine < 7 if order == 1 else coarse / fine > 15)
+
+
+@pytest.mark.parametrize("spec", [("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {"eta": 0.5}), ("euler-ancestral", {})])
+def test_stochastic_samplers_reach_the_data_distribution(spec):
+    x = gaussian_chain(SamplerSpec.of(*spec), 1000, rows=20_000)
+    # standard error of the std of 20,000 normal draws: 0.5 / sqrt(40,000) = 0.0025; allow 4 of them
+    assert abs(float(x.std()) - S) < 0.01 and abs(float(x.mean())) < 4 * S / 20_000**0.5
+
+
+def test_identities_between_samplers():
+    """DDIM eta 1 = Euler ancestral = DDPM with beta_tilde; DDIM eta 0 = Euler (eta 0) = DPM-Solver++ first order."""
+    ancestral = [gaussian_chain(SamplerSpec.of(*spec), 20) for spec in (("ddpm", {}), ("ddim", {"eta": 1}), ("euler-ancestral", {}))]
+    flows = [gaussian_chain(SamplerSpec.of(*spec), 20) for spec in (("ddim", {}), ("euler-ancestral", {"eta": 0}), ("dpm-solver++", {"order": 1}))]
+    for group in (ancestral, flows):
+        for other in group[1:]:
+            torch.testing.assert_close(other, group[0], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(ancestral[0], flows[0])
+
+
+@pytest.mark.parametrize("spec", [("ddpm", {}), ("ddim", {"eta": 0}), ("ddim", {"eta": 1}), ("dpm-solver++", {}), ("euler-ancestral", {})])
+def test_every_sampler_draws_the_exact_mixture(spec):
+    """Unguided on gmm1d-remove-1 (100 steps, 3,000 samples): each mode's share within 4 standard errors of its weight."""
+    from negguide.bench.run.shards import pick_device, runtime_for
+    from negguide.bench.tasks import get_task
+
+    task = get_task("gmm1d-remove-1")
+    runtime = runtime_for(task, pick_device(task))
+    x, _ = sample(load_method("none"), runtime.condition(np.arange(3000)), task.schedule.steps(100), 0, task.shape,
+                  dtype=runtime.dtype, sampler=SamplerSpec.of(*spec).build())
+    labels = runtime.records(x, ())["label"]
+    weights = np.asarray(runtime.problem.mixture.weights)
+    shares = np.bincount(labels, minlength=len(weights)) / len(labels)
+    assert np.all(np.abs(shares - weights) < 4 * np.sqrt(weights * (1 - weights) / len(labels)))

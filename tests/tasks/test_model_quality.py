@@ -19,3 +19,17 @@ def test_quality_script_reports_each_figure_with_interval_and_real_digits(tmp_pa
     out = capsys.readouterr().out
     assert "target >= 0.92" in out and "target <= 0.01" in out
     assert (tmp_path / "unguided_grid.png").stat().st_size > 0
+
+
+def test_quality_script_draws_through_the_engine_with_any_sampler(tmp_path, capsys):
+    from negguide.bench.run.plan import RunRequest
+
+    args = ["--samples", "4", "--steps", "3", "--batch-size", "4", "--sampler", "ddim", "--sampler-param", "eta=0", "--out", str(tmp_path)]
+    assert model_quality.main(args) == 0
+    report = json.loads((tmp_path / "quality.json").read_text())
+    assert report["sampler"] == {"name": "ddim", "settings": {"eta": 0.0}}
+    assert "3 steps of ddim(eta=0.0)" in capsys.readouterr().out
+    # the same samples as a stored run of the unguided method would have: one engine path
+    x, *_ = model_quality.unguided_samples(RunRequest(task="mnist-remove-0", method="none", samples=4, steps=3, batch_size=2, sampler="ddim"))
+    y, *_ = model_quality.unguided_samples(RunRequest(task="mnist-remove-0", method="none", samples=4, steps=3, batch_size=4, sampler="ddim"))
+    assert x.shape == (4, 1, 28, 28) and (x == y).all()
