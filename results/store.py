@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +222,7 @@ class Store:
         if self.path.is_dir():
             raise BenchError(f"the store {self.path} is a folder; pass --db path/to/file.duckdb")
         artifacts = self.path.parent / "artifacts"
-        if writing and artifacts.exists() and not (artifacts.is_dir() and os.access(artifacts, os.W_OK | os.X_OK)):
+        if writing and artifacts.exists() and not _writable_folder(artifacts):
             raise BenchError(f"the artifacts folder {artifacts} beside the store is not a writable folder; pass --db with a writable path")
         if self.exists():
             self._connect(read_only=True).close()  # not a DuckDB file: BenchError
@@ -453,6 +454,19 @@ class Store:
             return {}
         rows = self.query(f"SELECT info FROM {table} WHERE {key} = ?", [name])
         return json.loads(rows.iloc[0, 0]) if not rows.empty else {}
+
+
+def _writable_folder(folder: Path) -> bool:
+    """A file can be created in it: probed, since os.access says yes to root on an immutable folder."""
+    if not folder.is_dir():
+        return False
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
+    except OSError:
+        return False
+    os.close(handle)
+    os.unlink(probe)
+    return True
 
 
 def _owner_alive(folder: Path) -> bool:

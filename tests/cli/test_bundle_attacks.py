@@ -554,3 +554,47 @@ def test_a_read_only_artifacts_folder_is_refused_before_any_work(tmp_path, capsy
                          "--db", str(tmp_path / "x.duckdb"), "--no-progress", "--no-baseline"], "not a writable folder")
     finally:
         (tmp_path / "artifacts").chmod(0o700)
+
+
+def test_ctrl_c_during_import_stores_nothing_and_says_so(honest, tmp_path, local_store, capsys, monkeypatch):
+    def interrupted(self, records, calibrations):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "write_import", interrupted)
+    before = store_state(local_store)
+    capsys.readouterr()
+    assert bench_main(["import", str(honest), "--db", str(local_store)]) == 130
+    err = capsys.readouterr().err
+    assert "import interrupted" in err and "shards" not in err
+    assert store_state(local_store) == before
+
+
+def test_verify_all_redraws_every_sample(honest, tmp_path, capsys):
+    db = tmp_path / "x.duckdb"
+    assert bench_main(["import", str(honest), "--db", str(db)]) == 0
+    capsys.readouterr()
+    assert bench_main(["verify", str(honest), "--db", str(db), "--all", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert all(run["checked"] == run["samples"] == 256 and run["detects_share"] == 1 / 256 for run in result["runs"])
+
+
+def test_import_refuses_a_local_artifacts_folder_of_the_same_id_and_leaves_it(honest, tmp_path, local_store, capsys):
+    manifest, _ = members_of(honest)
+    shard = tmp_path / "artifacts" / manifest["runs"][0]["run_id"] / "shards" / "000000000-000000064.npz"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"a shard of an interrupted local run")
+    before = store_state(local_store)
+    refused(capsys, ["import", str(honest), "--db", str(local_store)], "import never touches local artifacts")
+    assert store_state(local_store) == before and shard.read_bytes() == b"a shard of an interrupted local run"
+
+
+def test_an_immutable_artifacts_folder_is_refused_before_any_work(tmp_path, capsys):
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not allowed here")
+    try:
+        refused(capsys, ["run", "--method", "np", "--task", "gmm1d-remove-1", "--steps", "5", "--samples", "8",
+                         "--db", str(tmp_path / "x.duckdb"), "--no-progress", "--no-baseline"], "not a writable folder")
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
