@@ -12,7 +12,7 @@ import torch
 from negguide.bench.run.plan import ShardJob
 from negguide.bench.sampler import sample
 from negguide.bench.tasks import Task, TaskRuntime
-from negguide.methods.errors import BenchError
+from negguide.methods.errors import BenchError, MethodError
 from negguide.results.artifacts import read_npz
 
 _RUNTIMES: dict[tuple, TaskRuntime] = {}
@@ -75,8 +75,11 @@ def draw_shard(job: ShardJob, device: torch.device, on_step: Callable[[int], Non
     ids = np.arange(job.start, job.stop) if ids is None else np.asarray(ids, dtype=np.int64)
     callback = (lambda info: on_step(job.size)) if on_step else None
     with intra_op_threads(job.task.intra_op_threads), torch.inference_mode():
-        x, traces = sample(job.method.build(), runtime.condition(ids), job.task.schedule.steps(job.steps), job.seed, job.task.shape,
-                           dtype=runtime.dtype, device=runtime.device, callback=callback, sampler=job.sampler.build())
+        try:
+            x, traces = sample(job.method.build(), runtime.condition(ids), job.task.schedule.steps(job.steps), job.seed, job.task.shape,
+                               dtype=runtime.dtype, device=runtime.device, callback=callback, sampler=job.sampler.build())
+        except SystemExit as exc:  # a method calling exit() would end the run silently (exit code 0): name it instead
+            raise MethodError(f"method {job.method.name!r} called exit({exc.code!r}) while drawing; a method must return (eps, state)") from None
         arrays = {f"trace__{k}": v for k, v in traces.arrays().items()}
         return {"x": x.cpu().numpy(), "trace_t": np.asarray(traces.steps), "start": np.asarray(job.start), "stop": np.asarray(job.stop), **arrays}
 

@@ -598,3 +598,13 @@ def test_an_immutable_artifacts_folder_is_refused_before_any_work(tmp_path, caps
                          "--db", str(tmp_path / "x.duckdb"), "--no-progress", "--no-baseline"], "not a writable folder")
     finally:
         subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+
+
+def test_a_method_calling_exit_while_drawing_is_named(tmp_path, capsys):
+    path = tmp_path / "quits.py"
+    path.write_text("import sys\nfrom negguide.methods.negative_prompting import NegativePrompting\n"
+                    "class Quits(NegativePrompting):\n    name = 'quits'\n    def guide(self, step, preds, state):\n        sys.exit(0)\n")
+    capsys.readouterr()
+    assert bench_main(["run", "--method", f"{path}:Quits", "--task", "gmm1d-remove-1", "--steps", "5", "--samples", "8",
+                       "--db", str(tmp_path / "x.duckdb"), "--no-progress", "--no-baseline"]) == 2
+    assert "method 'quits' called exit(0) while drawing" in capsys.readouterr().err
