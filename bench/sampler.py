@@ -12,7 +12,7 @@ from negguide.bench import noise
 from negguide.bench.samplers.base import Sampler
 from negguide.bench.samplers.registry import DEFAULT_SAMPLER
 from negguide.bench.tasks.spec import Conditioning
-from negguide.methods.base import GuidanceMethod
+from negguide.methods.base import GuidanceMethod, guide, init_state, observe
 from negguide.methods.schedule import Step
 
 Callback = Callable[[dict], None]
@@ -59,7 +59,7 @@ def sample(
     draw = lambda step_index: noise.gaussian(seed, keys, step_index, shape, device).to(dtype)  # noqa: E731
     x = draw(noise.INITIAL)
     method.prepare_models(conditioning.denoiser)
-    state, memory = method.start(len(keys), x), sampler.start(len(keys), x)
+    state, memory = init_state(method, len(keys), x), sampler.start(len(keys), x)
     traces = Traces()
     trace_every = max(1, len(chain) // MAX_TRACED_STEPS)
     needs = method.needs + tuple(n for n in conditioning.extra_needs if n not in method.needs)
@@ -68,7 +68,7 @@ def sample(
             # The transition first (it depends on x_t and history only), so the method can read it.
             step = dataclasses.replace(step, transition=sampler.transition(step, x, memory))
             preds = conditioning.denoiser(x, step, needs)
-            eps, state = method.step(step, preds, state)
+            eps, state = guide(method, step, preds, state)
             if conditioning.finalize is not None:  # e.g. positive CFG around the method's output (text-to-image)
                 eps = conditioning.finalize(eps, preds)
             x_prev = step.transition.mean(eps)
@@ -80,7 +80,7 @@ def sample(
                 if conditioning.exact_trace is not None:
                     named = {**named, **conditioning.exact_trace(x, step)}
                 traces.record(step, named)
-            state = method.update(step, x, x_prev, preds, state)
+            state = observe(method, step, x, x_prev, preds, state)
             if callback is not None:
                 callback({"step": step, "x": x, "x_prev": x_prev, "state": state})
             x = x_prev

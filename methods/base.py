@@ -91,26 +91,32 @@ class GuidanceMethod:
         quiet = {**(WINDOW_DEFAULTS if not self.window_in_config else {}), **self.Params.added_later}
         return {"method": self.name, "params": {k: v for k, v in params.items() if quiet.get(k, _NOTHING) != v}}
 
-    # ---- what the sampler calls: the protocol above, windowed and checked ----------------------
 
-    def start(self, batch: int, like: torch.Tensor) -> State:
-        with _blame(self, "init_state", None):
-            return self.init_state(batch, like)
+# ---- what the sampler calls: the same three hooks, windowed and checked (one name per hook) ---------
 
-    def step(self, step: Step, preds: Predictions, state: State) -> tuple[torch.Tensor, State]:
-        """`guide` inside the window, the unguided prediction outside it; the output is checked here."""
-        with _blame(self, "guide", step):
-            eps, state = self.guide(step, preds, state)
-        check_output(self.name, step, eps, preds["uncond"])
-        if not self.active(step):
-            eps = preds["uncond"]
-            if "guidance_scale" in state:
-                state = {**state, "guidance_scale": torch.zeros_like(state["guidance_scale"])}
-        return eps, state
 
-    def update(self, step: Step, x: torch.Tensor, x_prev: torch.Tensor, preds: Predictions, state: State) -> State:
-        with _blame(self, "observe", step):
-            return self.observe(step, x, x_prev, preds, state)
+def init_state(method: GuidanceMethod, batch: int, like: torch.Tensor) -> State:
+    """`method.init_state`, with an exception inside it named as the method's."""
+    with _blame(method, "init_state", None):
+        return method.init_state(batch, like)
+
+
+def guide(method: GuidanceMethod, step: Step, preds: Predictions, state: State) -> tuple[torch.Tensor, State]:
+    """`method.guide` inside its window, the unguided prediction outside it; the output is checked here."""
+    with _blame(method, "guide", step):
+        eps, state = method.guide(step, preds, state)
+    check_output(method.name, step, eps, preds["uncond"])
+    if not method.active(step):
+        eps = preds["uncond"]
+        if "guidance_scale" in state:
+            state = {**state, "guidance_scale": torch.zeros_like(state["guidance_scale"])}
+    return eps, state
+
+
+def observe(method: GuidanceMethod, step: Step, x: torch.Tensor, x_prev: torch.Tensor, preds: Predictions, state: State) -> State:
+    """`method.observe` once x_prev is known."""
+    with _blame(method, "observe", step):
+        return method.observe(step, x, x_prev, preds, state)
 
 
 class _blame:

@@ -21,6 +21,7 @@ import torch
 from negguide.methods import Schedule
 from negguide.methods.apg import AdaptiveProjectedGuidance
 from negguide.methods.negative_prompting import NegativePrompting
+from negguide.methods.base import guide, init_state, observe
 
 CHAIN = Schedule().steps(50)
 TOL = {"rtol": 1e-12, "atol": 1e-12}
@@ -78,7 +79,7 @@ def test_apg_matches_the_paper_with_momentum_over_8_steps(shape, scale, eta, r, 
     gen = torch.Generator().manual_seed(41)
     method = apg(scale=scale, eta=eta, norm_threshold=r, momentum=beta)
     paper = PaperAPG(scale, eta, r, beta)
-    state = method.start(shape[0], _randn(gen, shape))
+    state = init_state(method, shape[0], _randn(gen, shape))
     assert torch.equal(state["momentum"], torch.zeros(shape, dtype=torch.float64))
     for step in CHAIN[:8]:
         # ||eps_u - eps_n|| ~ U(0, 2) * r per sample, so that the norm cap bites on about half of them.
@@ -86,13 +87,13 @@ def test_apg_matches_the_paper_with_momentum_over_8_steps(shape, scale, eta, r, 
         spread = torch.rand((shape[0],) + (1,) * (len(shape) - 1), generator=gen, dtype=torch.float64) * 2.0 * (r or 1.0) / dim**0.5
         eps_u = _randn(gen, shape)
         preds = {"uncond": eps_u, "neg": eps_u + spread * _randn(gen, shape)}
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         want, want_buffer = paper(preds["uncond"], preds["neg"])
         torch.testing.assert_close(eps, want, **TOL)
         torch.testing.assert_close(state["momentum"], want_buffer, **TOL)
         assert eps.dtype == torch.float64 and eps.shape == shape
         assert torch.equal(state["guidance_scale"], torch.full((shape[0],), scale, dtype=torch.float64))
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
     if r > 0:
         assert any(paper.clipped) and not all(paper.clipped)  # both branches of the cap were exercised
     if beta != 0:
@@ -104,10 +105,10 @@ def test_eta_one_without_cap_or_momentum_is_np(shape):
     gen = torch.Generator().manual_seed(42)
     a = apg(scale=2.5, eta=1.0, norm_threshold=0.0, momentum=0.0)
     b = NegativePrompting(NegativePrompting.Params(scale=2.5))
-    sa, sb = a.start(shape[0], _randn(gen, shape)), b.start(shape[0], _randn(gen, shape))
+    sa, sb = init_state(a, shape[0], _randn(gen, shape)), init_state(b, shape[0], _randn(gen, shape))
     for step in CHAIN:
         preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape)}
-        (ea, sa), (eb, sb) = a.step(step, preds, sa), b.step(step, preds, sb)
+        (ea, sa), (eb, sb) = guide(a, step, preds, sa), guide(b, step, preds, sb)
         torch.testing.assert_close(ea, eb, **TOL)
         torch.testing.assert_close(sa["guidance_scale"], sb["guidance_scale"], rtol=0, atol=0)
 
@@ -116,12 +117,12 @@ def test_eta_zero_update_is_orthogonal_to_eps_u_and_vanishes_in_one_dimension():
     gen = torch.Generator().manual_seed(43)
     method = apg(scale=3.0)  # defaults: eta = 0
     preds = {"uncond": _randn(gen, (5, 1, 4, 4)), "neg": _randn(gen, (5, 1, 4, 4))}
-    eps, _ = method.step(CHAIN[3], preds, method.start(5, preds["uncond"]))
+    eps, _ = guide(method, CHAIN[3], preds, init_state(method, 5, preds["uncond"]))
     dots = ((eps - preds["uncond"]) * preds["uncond"]).flatten(1).sum(1)
     torch.testing.assert_close(dots, torch.zeros(5, dtype=torch.float64), rtol=0, atol=1e-12)
     # One-dimensional data: every update is parallel to eps_u, so eta = 0 leaves eps_u.
     one_d = {"uncond": _randn(gen, (6, 1)), "neg": _randn(gen, (6, 1))}
-    eps, _ = method.step(CHAIN[3], one_d, method.start(6, one_d["uncond"]))
+    eps, _ = guide(method, CHAIN[3], one_d, init_state(method, 6, one_d["uncond"]))
     torch.testing.assert_close(eps, one_d["uncond"], **TOL)
 
 
@@ -131,7 +132,7 @@ def test_degenerate_samples_stay_finite():
     method = apg(scale=2.0, eta=0.5, norm_threshold=1.0, momentum=-0.5)
     eps_u = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]], dtype=torch.float64)
     eps_n = torch.tensor([[0.3, -0.4, 0.0], [1.0, 2.0, 3.0]], dtype=torch.float64)
-    eps, state = method.step(CHAIN[0], {"uncond": eps_u, "neg": eps_n}, method.start(2, eps_u))
+    eps, state = guide(method, CHAIN[0], {"uncond": eps_u, "neg": eps_n}, init_state(method, 2, eps_u))
     d = eps_u[0] - eps_n[0]  # norm 0.5 < r = 1: not rescaled
     torch.testing.assert_close(eps[0], 2.0 * d, **TOL)
     assert torch.equal(eps[1], eps_u[1])
@@ -146,11 +147,11 @@ def test_window_is_unguided_outside_while_the_momentum_keeps_accumulating():
     shape = (4, 1, 4, 4)
     method = apg(scale=2.0, eta=0.2, norm_threshold=3.0, momentum=-0.6, t_low=T_LOW, t_high=T_HIGH)
     paper = PaperAPG(2.0, 0.2, 3.0, -0.6)
-    state = method.start(shape[0], _randn(gen, shape))
+    state = init_state(method, shape[0], _randn(gen, shape))
     seen = {"inside": 0, "outside": 0}
     for step in CHAIN[:9]:
         preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape)}
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         want, want_buffer = paper(preds["uncond"], preds["neg"])
         torch.testing.assert_close(state["momentum"], want_buffer, **TOL)  # always evolves
         if T_LOW <= step.t <= T_HIGH:
@@ -161,7 +162,7 @@ def test_window_is_unguided_outside_while_the_momentum_keeps_accumulating():
             seen["outside"] += 1
             assert torch.equal(eps, preds["uncond"])
             assert torch.equal(state["guidance_scale"], torch.zeros(shape[0], dtype=torch.float64))
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
     assert seen == {"inside": 5, "outside": 4}
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from negguide.methods import Schedule, load_method
+from negguide.methods.base import guide, init_state, observe
 
 CHAIN = Schedule().steps(50)
 TOL = {"rtol": 1e-12, "atol": 1e-12}
@@ -93,15 +94,15 @@ def test_posterior_recursion_and_guidance_over_the_chain(variance, shape):
     method = load_method("dng", {**PARAMS, "variance": variance})
     paper = PaperDNG(PARAMS["scale"], PARAMS["prior"], PARAMS["tau"], PARAMS["delta"], PARAMS["p_min"], PARAMS["p_max"], variance, shape[0])
     inputs = chain_inputs(gen, shape, torch.tensor([1.0, -1.0, 0.5, 0.55], dtype=torch.float64), variance)
-    state = method.start(shape[0], inputs[0][1])
+    state = init_state(method, shape[0], inputs[0][1])
     torch.testing.assert_close(state["guidance_scale"], paper.lam(), **TOL)
     history = []
     for step, x, x_prev, eps_u, eps_f in inputs:
         lam_before = paper.lam()
-        eps, state = method.step(step, {"uncond": eps_u, "neg": eps_f}, state)
+        eps, state = guide(method, step, {"uncond": eps_u, "neg": eps_f}, state)
         torch.testing.assert_close(eps, paper.guide(eps_u, eps_f), **TOL)  # uses the previous step's posterior
         torch.testing.assert_close(method.trace(state)["guidance_scale"], lam_before, **TOL)
-        state = method.update(step, x, x_prev, {"uncond": eps_u, "neg": eps_f}, state)
+        state = observe(method, step, x, x_prev, {"uncond": eps_u, "neg": eps_f}, state)
         paper.compute_posterior(step, x, x_prev, eps_u, eps_f)
         torch.testing.assert_close(state["posterior"], paper.p, **TOL)
         torch.testing.assert_close(state["log_posterior"], torch.log(paper.p), **TOL)
@@ -124,8 +125,8 @@ def test_last_step_is_skipped_with_beta_tilde_and_applied_with_beta():
     for variance in ("beta_tilde", "beta"):
         method = load_method("dng", {**PARAMS, "variance": variance, "prior": 0.3})
         paper = PaperDNG(5.0, 0.3, 0.25, 2e-3, 1e-6, 0.99, variance, 3)
-        state = method.start(3, x)
-        new = method.update(last, x, x_prev, {"uncond": eps_u, "neg": eps_f}, state)
+        state = init_state(method, 3, x)
+        new = observe(method, last, x, x_prev, {"uncond": eps_u, "neg": eps_f}, state)
         paper.compute_posterior(last, x, x_prev, eps_u, eps_f)
         torch.testing.assert_close(new["posterior"], paper.p, **TOL)
         if variance == "beta_tilde":
@@ -141,9 +142,9 @@ def test_clamp_to_p_min_p_max_after_an_update(prior, expected):
     gen = torch.Generator().manual_seed(43)
     method = load_method("dng", {"scale": 2.0, "prior": prior, "tau": 0.0, "delta": 0.0, "p_min": 1e-6, "p_max": 0.99})
     x = _randn(gen, (2, 2))
-    state = method.start(2, x)
+    state = init_state(method, 2, x)
     torch.testing.assert_close(state["guidance_scale"], torch.full((2,), 2.0 * prior / (1.0 - prior), dtype=torch.float64), **TOL)
-    state = method.update(CHAIN[3], x, _randn(gen, (2, 2)), {"uncond": _randn(gen, (2, 2)), "neg": _randn(gen, (2, 2))}, state)
+    state = observe(method, CHAIN[3], x, _randn(gen, (2, 2)), {"uncond": _randn(gen, (2, 2)), "neg": _randn(gen, (2, 2))}, state)
     want = torch.full((2,), expected, dtype=torch.float64)
     torch.testing.assert_close(state["posterior"], want, **TOL)
     torch.testing.assert_close(state["guidance_scale"], 2.0 * want / (1.0 - want), **TOL)
@@ -156,14 +157,14 @@ def test_guidance_is_staggered_one_step():
     method = load_method("dng", PARAMS)
     x = _randn(gen, shape)
     preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape)}
-    state = method.start(2, x)
-    eps0, state0 = method.step(CHAIN[0], preds, state)
+    state = init_state(method, 2, x)
+    eps0, state0 = guide(method, CHAIN[0], preds, state)
     lam_prior = 5.0 * 0.25 / 0.75
     torch.testing.assert_close(eps0, preds["uncond"] - lam_prior * (preds["neg"] - preds["uncond"]), **TOL)
-    state1 = method.update(CHAIN[0], x, _randn(gen, shape), preds, state0)
-    eps0_again, _ = method.step(CHAIN[0], preds, state0)
+    state1 = observe(method, CHAIN[0], x, _randn(gen, shape), preds, state0)
+    eps0_again, _ = guide(method, CHAIN[0], preds, state0)
     assert torch.equal(eps0, eps0_again)  # step does not look at x or x_prev
-    eps1, _ = method.step(CHAIN[1], preds, state1)
+    eps1, _ = guide(method, CHAIN[1], preds, state1)
     lam1 = state1["guidance_scale"].reshape(-1, 1, 1, 1)
     assert not torch.allclose(state1["guidance_scale"], torch.tensor(lam_prior, dtype=torch.float64))
     torch.testing.assert_close(eps1, preds["uncond"] - lam1 * (preds["neg"] - preds["uncond"]), **TOL)
@@ -176,10 +177,10 @@ def test_window_uses_unguided_outside_while_the_posterior_keeps_evolving():
     method = load_method("dng", {**PARAMS, "t_low": t_low, "t_high": t_high})
     paper = PaperDNG(5.0, 0.25, 0.25, 2e-3, 1e-6, 0.99, "beta_tilde", shape[0])
     inputs = chain_inputs(gen, shape, torch.tensor([0.9, 0.1, 0.5, 0.45], dtype=torch.float64), "beta_tilde")
-    state = method.start(shape[0], inputs[0][1])
+    state = init_state(method, shape[0], inputs[0][1])
     for step, x, x_prev, eps_u, eps_f in inputs:
         preds = {"uncond": eps_u, "neg": eps_f}
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         if t_low <= step.t <= t_high:
             # The first step inside the window uses the posterior evolved outside it, not the prior.
             torch.testing.assert_close(eps, paper.guide(eps_u, eps_f), **TOL)
@@ -187,7 +188,7 @@ def test_window_uses_unguided_outside_while_the_posterior_keeps_evolving():
         else:
             assert torch.equal(eps, eps_u)
             assert torch.equal(state["guidance_scale"], torch.zeros(shape[0], dtype=torch.float64))
-        state = method.update(step, x, x_prev, preds, state)
+        state = observe(method, step, x, x_prev, preds, state)
         paper.compute_posterior(step, x, x_prev, eps_u, eps_f)
         torch.testing.assert_close(state["posterior"], paper.p, **TOL)
 

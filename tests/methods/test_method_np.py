@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from negguide.methods import Schedule, load_method
+from negguide.methods.base import guide, init_state, observe
 
 CHAIN = Schedule().steps(50)
 SHAPES = [(3, 1, 4, 4), (5, 2)]
@@ -33,21 +34,21 @@ def eq6_in_eps(step, eps_u: torch.Tensor, eps_n: torch.Tensor, lam: float) -> to
 def test_np_is_eq6_at_every_step(shape, scale):
     gen = torch.Generator().manual_seed(11)
     method = load_method("np", {"scale": scale})
-    state = method.start(shape[0], _randn(gen, shape))
+    state = init_state(method, shape[0], _randn(gen, shape))
     for step in CHAIN:
         preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape)}
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         torch.testing.assert_close(eps, eq6_in_eps(step, preds["uncond"], preds["neg"], scale), **TOL)
         assert eps.dtype == torch.float64 and eps.shape == shape
         torch.testing.assert_close(state["guidance_scale"], torch.full((shape[0],), scale, dtype=torch.float64), rtol=0, atol=0)
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
 
 
 def test_np_scale_zero_is_the_unguided_prediction():
     gen = torch.Generator().manual_seed(12)
     method = load_method("np", {"scale": 0.0})
     preds = {"uncond": _randn(gen, (2, 1, 4, 4)), "neg": _randn(gen, (2, 1, 4, 4))}
-    eps, _ = method.step(CHAIN[10], preds, method.start(2, preds["uncond"]))
+    eps, _ = guide(method, CHAIN[10], preds, init_state(method, 2, preds["uncond"]))
     assert torch.equal(eps, preds["uncond"])
 
 
@@ -61,11 +62,11 @@ def test_interval_applies_eq6_inside_and_unguided_outside(name, shape):
     gen = torch.Generator().manual_seed(13)
     scale = 2.5
     method = load_method(name, {"scale": scale, "t_low": T_LOW, "t_high": T_HIGH})
-    state = method.start(shape[0], _randn(gen, shape))
+    state = init_state(method, shape[0], _randn(gen, shape))
     inside_seen = []
     for step in CHAIN:
         preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape)}
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         inside = T_LOW <= step.t <= T_HIGH
         inside_seen.append(inside)
         if inside:
@@ -74,7 +75,7 @@ def test_interval_applies_eq6_inside_and_unguided_outside(name, shape):
         else:
             assert torch.equal(eps, preds["uncond"])
             assert torch.all(state["guidance_scale"] == 0.0)
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
     # Both bounds are chain timesteps and count as inside; both sides of the window were visited.
     ts = [s.t for s in CHAIN]
     assert T_LOW in ts and T_HIGH in ts
@@ -93,4 +94,4 @@ def test_interval_with_the_whole_chain_is_np():
     a, b = load_method("np-interval", {"scale": 1.5}), load_method("np", {"scale": 1.5})
     for step in (CHAIN[0], CHAIN[25], CHAIN[-1]):
         preds = {"uncond": _randn(gen, (2, 2)), "neg": _randn(gen, (2, 2))}
-        assert torch.equal(a.step(step, preds, {})[0], b.step(step, preds, {})[0])
+        assert torch.equal(guide(a, step, preds, {})[0], guide(b, step, preds, {})[0])

@@ -14,6 +14,7 @@ import torch
 from negguide.methods import Schedule
 from negguide.methods.negative_prompting import IntervalNegativePrompting, NegativePrompting
 from negguide.methods.np_delayed import T_CRITICAL, DelayedNegativePrompting
+from negguide.methods.base import guide, init_state, observe
 
 CHAIN = Schedule().steps(50)
 SHAPES = [(3, 1, 4, 4), (5, 2)]
@@ -41,16 +42,16 @@ def test_delayed_np_over_the_whole_chain(shape, scale, t_critical):
     gen = torch.Generator().manual_seed(31)
     m = method(scale=scale) if t_critical is None else method(scale=scale, t_high=t_critical)
     t_critical = T_CRITICAL if t_critical is None else t_critical
-    state = m.start(shape[0], _randn(gen, shape))
+    state = init_state(m, shape[0], _randn(gen, shape))
     for step in CHAIN:
         preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape)}
-        eps, state = m.step(step, preds, state)
+        eps, state = guide(m, step, preds, state)
         want, lam = delayed(step.t, preds["uncond"], preds["neg"], scale, t_critical)
         torch.testing.assert_close(eps, want, **TOL)
         if lam == 0.0:
             assert torch.equal(eps, preds["uncond"])  # before the critical step: exactly unguided
         assert torch.equal(state["guidance_scale"], torch.full((shape[0],), lam, dtype=torch.float64))
-        state = m.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(m, step, preds["uncond"], preds["uncond"], preds, state)
 
 
 def test_default_delay_is_the_first_fifth_of_the_chain():
@@ -76,9 +77,9 @@ def test_with_t_low_it_is_np_interval_and_np_interval_ending_at_t_critical_is_it
     inside = []
     for step in CHAIN:
         preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape)}
-        eps_a, _ = a.step(step, preds, {})
-        assert torch.equal(eps_a, b.step(step, preds, {})[0])
-        assert torch.equal(a_high.step(step, preds, {})[0], b_high.step(step, preds, {})[0])
+        eps_a, _ = guide(a, step, preds, {})
+        assert torch.equal(eps_a, guide(b, step, preds, {})[0])
+        assert torch.equal(guide(a_high, step, preds, {})[0], guide(b_high, step, preds, {})[0])
         want, lam = delayed(step.t, preds["uncond"], preds["neg"], 1.5, T_CRITICAL, t_low)
         torch.testing.assert_close(eps_a, want, **TOL)
         inside.append(lam != 0.0)
@@ -92,7 +93,7 @@ def test_whole_chain_window_is_np():
     a, b = method(scale=2.0, t_high=999), NegativePrompting(NegativePrompting.Params(scale=2.0))
     for step in (CHAIN[0], CHAIN[25], CHAIN[-1]):
         preds = {"uncond": _randn(gen, (2, 3)), "neg": _randn(gen, (2, 3))}
-        assert torch.equal(a.step(step, preds, {})[0], b.step(step, preds, {})[0])
+        assert torch.equal(guide(a, step, preds, {})[0], guide(b, step, preds, {})[0])
 
 
 def test_config_always_lists_the_window():

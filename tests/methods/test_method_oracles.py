@@ -15,6 +15,7 @@ import torch
 
 from negguide.datasets.gmm import GMM1D, GMM2D, ExactDenoiser, GaussianMixture, RemovalProblem
 from negguide.methods import Schedule, load_method
+from negguide.methods.base import guide
 
 CHAIN = Schedule().steps(50)
 TOL = {"rtol": 1e-12, "atol": 1e-12}
@@ -101,12 +102,12 @@ def test_dng_exact_is_eq10_and_cfg_remember_is_eq5(mixture, removed, lam):
         odds = ref["odds"]
         s_dng = ref["s"] - lam * odds[:, None] * (ref["s_f"] - ref["s"])  # Eq. 10
         s_cfg = ref["s"] + lam * (ref["s_r"] - ref["s"])  # Eq. 5 with c+ = to-remember
-        eps_dng, state = dng.step(step, preds, {})
+        eps_dng, state = guide(dng, step, preds, {})
         ok = odds <= ODDS_MAX
         torch.testing.assert_close(eps_dng[ok], (-ref["sigma"] * s_dng)[ok], **TOL)
         torch.testing.assert_close(state["guidance_scale"], lam * odds, **TOL)  # every point
         torch.testing.assert_close(state["posterior"], ref["p"], **TOL)
-        eps_cfg, state = cfg.step(step, {"uncond": preds["uncond"], "remember": preds["remember"]}, {})
+        eps_cfg, state = guide(cfg, step, {"uncond": preds["uncond"], "remember": preds["remember"]}, {})
         torch.testing.assert_close(eps_cfg, -ref["sigma"] * s_cfg, **TOL)
         assert torch.all(state["guidance_scale"] == lam)
         compared += int(ok.sum())
@@ -124,8 +125,8 @@ def test_eq17_negative_guidance_with_exact_posterior_equals_cfg_to_remember(mixt
     for step in STEPS:
         x = points(gen, mixture.dim)
         preds = denoiser(x, step, ("uncond", "neg", "remember", "posterior_logit"))
-        eps_dng, _ = dng.step(step, preds, {})
-        eps_cfg, _ = cfg.step(step, preds, {})
+        eps_dng, _ = guide(dng, step, preds, {})
+        eps_cfg, _ = guide(cfg, step, preds, {})
         ok = torch.exp(preds["posterior_logit"]) <= ODDS_MAX
         torch.testing.assert_close(eps_dng[ok], eps_cfg[ok], **TOL)
         moved = max(moved, float((eps_cfg[ok] - preds["uncond"][ok]).abs().max()))
@@ -142,8 +143,8 @@ def test_eq17_rounding_is_bounded_by_the_odds(mixture, removed):
     for step in STEPS:
         x = points(gen, mixture.dim)
         preds = denoiser(x, step, ("uncond", "neg", "remember", "posterior_logit"))
-        eps_dng, state = dng.step(step, preds, {})
-        eps_cfg, _ = cfg.step(step, preds, {})
+        eps_dng, state = guide(dng, step, preds, {})
+        eps_cfg, _ = guide(cfg, step, preds, {})
         amp = (1.0 + state["guidance_scale"])[:, None]
         assert torch.all((eps_dng - eps_cfg).abs() <= 1e-12 * amp * (1.0 + eps_cfg.abs()))
 

@@ -22,6 +22,7 @@ import torch
 from negguide.methods.negative_prompting import NegativePrompting
 from negguide.methods.perp_neg import PerpNegGuidance
 from negguide.methods.schedule import Schedule
+from negguide.methods.base import guide, init_state, observe
 
 CHAIN = Schedule().steps(50)
 TOL = {"rtol": 1e-12, "atol": 1e-12}
@@ -57,22 +58,22 @@ def cfg(eps, preds, w):
 def test_perp_neg_after_the_task_cfg_is_the_reference(shape, w, scale):
     gen = torch.Generator().manual_seed(61)
     method = PerpNegGuidance(PerpNegGuidance.Params(scale=scale))
-    state = method.start(shape[0], _randn(gen, shape))
+    state = init_state(method, shape[0], _randn(gen, shape))
     for step in CHAIN[:10]:
         preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape), "null": _randn(gen, shape)}
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         want = reference_noise_pred(preds["null"], preds["uncond"], preds["neg"], w, scale)
         torch.testing.assert_close(cfg(eps, preds, w), want, **TOL)
         assert eps.dtype == torch.float64 and eps.shape == shape
         assert torch.equal(state["guidance_scale"], torch.full((shape[0],), scale, dtype=torch.float64))
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
 
 
 def test_the_removed_direction_is_perpendicular_to_the_positive_one():
     gen = torch.Generator().manual_seed(62)
     shape = (4, 2, 4, 4)
     preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape), "null": _randn(gen, shape)}
-    eps, _ = PerpNegGuidance(PerpNegGuidance.Params(scale=2.0)).step(CHAIN[3], preds, {})
+    eps, _ = guide(PerpNegGuidance(PerpNegGuidance.Params(scale=2.0)), CHAIN[3], preds, {})
     e_pos = (preds["uncond"] - preds["null"]).flatten(1)
     change = (eps - preds["uncond"]).flatten(1)
     assert torch.all((change * e_pos).sum(1).abs() <= 1e-12 * change.norm(dim=1) * e_pos.norm(dim=1))
@@ -86,7 +87,7 @@ def test_a_negative_along_the_positive_direction_is_not_removed():
     null, uncond = _randn(gen, shape), _randn(gen, shape)
     c = torch.tensor([0.5, 2.0, -1.0], dtype=torch.float64).reshape(3, 1, 1, 1)
     preds = {"uncond": uncond, "null": null, "neg": null + c * (uncond - null)}
-    eps, _ = PerpNegGuidance(PerpNegGuidance.Params(scale=3.0)).step(CHAIN[0], preds, {})
+    eps, _ = guide(PerpNegGuidance(PerpNegGuidance.Params(scale=3.0)), CHAIN[0], preds, {})
     torch.testing.assert_close(eps, uncond, **TOL)
 
 
@@ -101,8 +102,8 @@ def test_with_null_equal_to_uncond_perp_neg_is_np(shape, scale):
     for step in CHAIN[::7]:
         uncond = _randn(gen, shape)
         preds = {"uncond": uncond, "neg": _randn(gen, shape), "null": uncond.clone()}
-        got, state = perp.step(step, preds, {})
-        want, np_state = np_.step(step, preds, {})
+        got, state = guide(perp, step, preds, {})
+        want, np_state = guide(np_, step, preds, {})
         assert torch.equal(got, want)
         assert torch.equal(state["guidance_scale"], np_state["guidance_scale"])
 
@@ -114,7 +115,7 @@ def test_zero_positive_direction_is_guarded_per_sample():
     preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape), "null": _randn(gen, shape)}
     preds["null"][1] = preds["uncond"][1]
     preds["null"][3] = preds["uncond"][3]
-    eps, _ = PerpNegGuidance(PerpNegGuidance.Params(scale=1.5)).step(CHAIN[2], preds, {})
+    eps, _ = guide(PerpNegGuidance(PerpNegGuidance.Params(scale=1.5)), CHAIN[2], preds, {})
     assert torch.isfinite(eps).all()
     np_eps = preds["uncond"] - 1.5 * (preds["neg"] - preds["uncond"])
     assert torch.equal(eps[[1, 3]], np_eps[[1, 3]])
@@ -125,7 +126,7 @@ def test_zero_positive_direction_is_guarded_per_sample():
 def test_scale_zero_is_the_positive_prediction():
     gen = torch.Generator().manual_seed(66)
     preds = {k: _randn(gen, (2, 3)) for k in ("uncond", "neg", "null")}
-    eps, _ = PerpNegGuidance(PerpNegGuidance.Params(scale=0.0)).step(CHAIN[0], preds, {})
+    eps, _ = guide(PerpNegGuidance(PerpNegGuidance.Params(scale=0.0)), CHAIN[0], preds, {})
     assert torch.equal(eps, preds["uncond"])
 
 
@@ -136,7 +137,7 @@ def test_window_gives_the_positive_prediction_outside():
     visited = set()
     for step in CHAIN:
         preds = {k: _randn(gen, shape) for k in ("uncond", "neg", "null")}
-        eps, state = method.step(step, preds, {})
+        eps, state = guide(method, step, preds, {})
         inside = 306 <= step.t <= 714
         visited.add(inside)
         if inside:
@@ -154,11 +155,14 @@ def test_declares_its_predictions_and_config():
     assert PerpNegGuidance().config() == {"method": "perp-neg", "params": {"scale": 1.0}}
 
 
-def test_class_removal_tasks_refuse_it_in_one_line():
+def test_class_removal_tasks_refuse_it_in_one_line(tmp_path):
     from negguide.bench.run.plan import RunRequest, resolve
     from negguide.methods import BenchError
 
-    spec = f"{Path(__file__).resolve().parents[2] / 'methods' / 'perp_neg.py'}:PerpNegGuidance"
+    # a user's file method with the same needs (a file may not take a built-in's name)
+    path = tmp_path / "my_perp_neg.py"
+    path.write_text("from negguide.methods.perp_neg import PerpNegGuidance\n\n\nclass Mine(PerpNegGuidance):\n    name = 'my-perp-neg'\n")
+    spec = f"{path}:Mine"
     with pytest.raises(BenchError, match=r"needs predictions \['null'\] that task 'gmm1d-remove-1' does not provide") as info:
         resolve(RunRequest(task="gmm1d-remove-1", method=spec))
     assert "\n" not in str(info.value)

@@ -18,6 +18,7 @@ import torch
 
 from negguide.methods import GuidanceMethod, MethodError, Schedule, load_method, method_class
 from negguide.methods.base import check_output
+from negguide.methods.base import guide, init_state, observe
 
 CHAIN = Schedule().steps(50)
 BUILTINS = ["none", "np", "np-interval", "sld", "sld-sd", "dng", "dng-exact", "cfg-remember"]
@@ -46,11 +47,11 @@ def test_window_is_unguided_outside_method_inside_and_state_keeps_evolving(name,
     whole = load_method(name, {})
     windowed = load_method(name, {"t_low": T_LOW, "t_high": T_HIGH})
     x0, inputs = _inputs(whole, shape, seed=71)
-    s_whole, s_win = whole.start(shape[0], x0), windowed.start(shape[0], x0)
+    s_whole, s_win = init_state(whole, shape[0], x0), init_state(windowed, shape[0], x0)
     counts = {"inside": 0, "outside": 0}
     for step, preds, x, x_prev in inputs:
-        e_whole, s_whole = whole.step(step, preds, s_whole)
-        e_win, s_win = windowed.step(step, preds, s_win)
+        e_whole, s_whole = guide(whole, step, preds, s_whole)
+        e_win, s_win = guide(windowed, step, preds, s_win)
         inside = T_LOW <= step.t <= T_HIGH
         counts["inside" if inside else "outside"] += 1
         assert set(s_win) == set(s_whole)
@@ -63,8 +64,8 @@ def test_window_is_unguided_outside_method_inside_and_state_keeps_evolving(name,
                 assert torch.equal(s_win[key], torch.zeros_like(s_whole[key]))
             else:
                 assert torch.equal(s_win[key], s_whole[key]), (step.index, key)
-        s_whole = whole.update(step, x, x_prev, preds, s_whole)
-        s_win = windowed.update(step, x, x_prev, preds, s_win)
+        s_whole = observe(whole, step, x, x_prev, preds, s_whole)
+        s_win = observe(windowed, step, x, x_prev, preds, s_win)
         for key in s_whole:  # after update, the state carried to the next step
             if key != "guidance_scale":
                 assert torch.equal(s_win[key], s_whole[key]), (step.index, key)
@@ -109,9 +110,9 @@ def test_bad_outputs_raise_method_error_naming_method_and_step(kind):
     method = type("BadMethod", (Returns,), {"make": staticmethod(make)})()
     eps_u = torch.randn((2, 2), generator=torch.Generator().manual_seed(72), dtype=torch.float64)
     for step in CHAIN[:3]:
-        method.step(step, {"uncond": eps_u}, {})  # fine before step 3
+        guide(method, step, {"uncond": eps_u}, {})  # fine before step 3
     with pytest.raises(MethodError, match=rf"method 'returns-bad' .*{detail}") as info:
-        method.step(CHAIN[3], {"uncond": eps_u}, {})
+        guide(method, CHAIN[3], {"uncond": eps_u}, {})
     assert "step 3 (t=938)" in str(info.value)
 
 
@@ -126,7 +127,7 @@ def test_bad_output_is_refused_outside_the_window_too():
     method = cls(cls.Params(t_low=0, t_high=10))
     eps_u = torch.zeros((2, 2), dtype=torch.float64)
     with pytest.raises(MethodError, match=r"at step 3 \(t=938\)"):
-        method.step(CHAIN[3], {"uncond": eps_u}, {})
+        guide(method, CHAIN[3], {"uncond": eps_u}, {})
 
 
 # ---- blame -------------------------------------------------------------------------------------
@@ -180,10 +181,10 @@ def _preds():
 def test_exception_in_guide_names_method_step_and_user_line(user_file):
     method = method_class(f"{user_file}:Fragile")()
     preds = _preds()
-    state = method.start(2, preds["uncond"])
-    method.step(CHAIN[1], preds, state)
+    state = init_state(method, 2, preds["uncond"])
+    guide(method, CHAIN[1], preds, state)
     with pytest.raises(MethodError) as info:
-        method.step(CHAIN[2], preds, state)
+        guide(method, CHAIN[2], preds, state)
     err = info.value
     assert "method 'fragile' raised ValueError in guide at step 2 (t=958): boom at two" in str(err)
     assert isinstance(err.__cause__, ValueError)
@@ -199,7 +200,7 @@ def test_exception_in_guide_names_method_step_and_user_line(user_file):
 def test_exception_in_a_helper_lists_both_user_lines(user_file):
     method = method_class(f"{user_file}:Fragile")()
     with pytest.raises(MethodError, match=r"method 'fragile' raised RuntimeError in guide at step 4 \(t=917\)") as info:
-        method.step(CHAIN[4], _preds(), {})
+        guide(method, CHAIN[4], _preds(), {})
     frames = info.value.frames
     assert f'File "{user_file}", line 17, in guide' in frames
     assert f'File "{user_file}", line 6, in helper' in frames
@@ -209,11 +210,11 @@ def test_exception_in_observe_and_init_state(user_file):
     method = method_class(f"{user_file}:Fragile")()
     preds = _preds()
     with pytest.raises(MethodError, match=r"method 'fragile' raised KeyError in observe at step 5 \(t=897\)") as info:
-        method.update(CHAIN[5], preds["uncond"], preds["uncond"], preds, {})
+        observe(method, CHAIN[5], preds["uncond"], preds["uncond"], preds, {})
     assert f'File "{user_file}", line 22, in observe' in info.value.frames
     start = method_class(f"{user_file}:FragileStart")()
     with pytest.raises(MethodError, match=r"method 'fragile-start' raised ZeroDivisionError in init_state at the start") as info:
-        start.start(2, preds["uncond"])
+        init_state(start, 2, preds["uncond"])
     assert f'File "{user_file}", line 30, in init_state' in info.value.frames
 
 
@@ -226,5 +227,5 @@ def test_method_error_inside_a_method_is_not_rewrapped():
             raise MethodError("already explained", frames="F")
 
     with pytest.raises(MethodError) as info:
-        Raises().step(CHAIN[0], {"uncond": torch.zeros(1, 2, dtype=torch.float64)}, {})
+        guide(Raises(), CHAIN[0], {"uncond": torch.zeros(1, 2, dtype=torch.float64)}, {})
     assert str(info.value) == "already explained" and info.value.frames == "F"

@@ -21,6 +21,7 @@ from negguide.datasets.gmm import GMM1D, GMM2D, ExactDenoiser, RemovalProblem
 from negguide.methods import BenchError, Schedule
 from negguide.methods.registry import build_params
 from negguide.methods.safe_denoiser import SafeDenoiser, SafeDenoiserParams
+from negguide.methods.base import guide, init_state, observe
 
 CHAIN = Schedule().steps(50)
 TOL = {"rtol": 1e-12, "atol": 1e-12}
@@ -48,17 +49,17 @@ def test_guide_is_eq4_over_the_whole_chain(shape, params):
     gen = torch.Generator().manual_seed(41)
     method = SafeDenoiser(SafeDenoiserParams(**params))
     p = method.params
-    state = method.start(shape[0], _randn(gen, shape))
+    state = init_state(method, shape[0], _randn(gen, shape))
     for step in CHAIN:
         x = _randn(gen, shape)
         preds = {"uncond": _randn(gen, shape), "negation": _randn(gen, shape), "negation_logit": 3.0 * _randn(gen, (shape[0],))}
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         want = paper_safe_eps(step, x, preds["uncond"], preds["negation"], preds["negation_logit"], p.scale, p.beta_max, p.threshold)
         torch.testing.assert_close(eps, want, rtol=1e-10, atol=1e-10)
         odds = torch.exp(preds["negation_logit"]).clamp(max=p.beta_max)
         torch.testing.assert_close(state["guidance_scale"], torch.where(odds < p.threshold, 0.0, p.scale * odds), **TOL)
         torch.testing.assert_close(state["posterior"], torch.sigmoid(preds["negation_logit"]), **TOL)
-        state = method.update(step, x, x, preds, state)
+        state = observe(method, step, x, x, preds, state)
     assert set(state) == {"guidance_scale", "posterior"}
 
 
@@ -69,10 +70,10 @@ def test_defaults_window_and_extreme_logits():
     gen = torch.Generator().manual_seed(42)
     preds = {"uncond": _randn(gen, (3, 2)), "negation": _randn(gen, (3, 2)),
              "negation_logit": torch.tensor([1e6, -1e6, 0.0], dtype=torch.float64)}  # a kernel estimate late in the chain
-    inside, state = method.step(CHAIN[0], preds, method.start(3, preds["uncond"]))
+    inside, state = guide(method, CHAIN[0], preds, init_state(method, 3, preds["uncond"]))
     torch.testing.assert_close(state["guidance_scale"], torch.tensor([99.0, 0.0, 1.0], dtype=torch.float64), **TOL)
     assert torch.isfinite(inside).all()
-    outside, state = method.step(CHAIN[-1], preds, state)  # t = 0 < t_low: the unguided prediction
+    outside, state = guide(method, CHAIN[-1], preds, state)  # t = 0 < t_low: the unguided prediction
     assert torch.equal(outside, preds["uncond"]) and torch.equal(state["guidance_scale"], torch.zeros(3, dtype=torch.float64))
     params = build_params(SafeDenoiser, {"scale": "2", "beta_max": "inf", "threshold": "0.1"})
     assert (params.scale, params.beta_max, params.threshold) == (2.0, math.inf, 0.1)
@@ -110,7 +111,7 @@ def test_gmm_negation_predictions_are_the_forbidden_modes(mixture, removed):
         torch.testing.assert_close(preds["negation_logit"], logs[removed] - torch.logsumexp(rest, 0), rtol=1e-10, atol=1e-10)
         # Eq. 4 with the exact beta* is the safe (to-remember) denoiser itself. Where beta* is huge (deep in
         # the forbidden mode) the information sits in eps_u - eps_B ~ (1 - P), lost to rounding: compare elsewhere.
-        eps, _ = SafeDenoiser(SafeDenoiserParams(beta_max=math.inf)).step(step, preds, {})
+        eps, _ = guide(SafeDenoiser(SafeDenoiserParams(beta_max=math.inf)), step, preds, {})
         fine = preds["negation_logit"] < math.log(1e4)
         assert fine.sum() >= 32
         torch.testing.assert_close(eps[fine], preds["remember"][fine], rtol=1e-8, atol=1e-8)

@@ -35,6 +35,7 @@ from negguide.methods.base import WINDOW_DEFAULTS
 from negguide.methods.negative_prompting import NegativePrompting
 from negguide.methods.schedule import Schedule
 from negguide.methods.sega import DiffusersSemanticGuidance, SemanticGuidance, quantile_mask
+from negguide.methods.base import guide, init_state, observe
 
 CHAIN = Schedule().steps(50)
 TOL = {"rtol": 1e-12, "atol": 1e-12}
@@ -108,11 +109,11 @@ CUSTOM = {"edit_guidance_scale": 2.5, "edit_warmup_steps": 3, "edit_cooldown_ste
 def run_class_removal(method, config, shape, steps, seed, dtype=torch.float64, tol=TOL, float32_quantile=True):
     gen = torch.Generator().manual_seed(seed)
     loop = DiffusersLoop(7.5, **config, quantile_in_float32=float32_quantile)
-    state = method.start(shape[0], _randn(gen, shape, dtype))
+    state = init_state(method, shape[0], _randn(gen, shape, dtype))
     guided = 0
     for step in CHAIN[:steps]:
         preds = {"uncond": _randn(gen, shape, dtype), "neg": _randn(gen, shape, dtype)}
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         want = loop(step.index, preds["uncond"], preds["uncond"], preds["neg"])  # no text prompt: text = uncond
         torch.testing.assert_close(eps, want, **tol)
         torch.testing.assert_close(state["momentum"], loop.edit_momentum, **tol)
@@ -120,7 +121,7 @@ def run_class_removal(method, config, shape, steps, seed, dtype=torch.float64, t
             assert torch.equal(eps, preds["uncond"]) and torch.all(state["guidance_scale"] == 0)
         else:
             guided += 1
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
     return guided
 
 
@@ -154,14 +155,14 @@ def test_sega_sd_is_diffusers_pipeline_after_the_task_cfg(config, w):
     shape = (2, 4, 5, 5)
     method = DiffusersSemanticGuidance(params_for(config, scale=1.0 / w))
     loop = DiffusersLoop(w, **config, quantile_in_float32=False)
-    state = method.start(shape[0], _randn(gen, shape))
+    state = init_state(method, shape[0], _randn(gen, shape))
     for step in CHAIN[:20]:
         preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape), "null": _randn(gen, shape)}
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         want = loop(step.index, preds["null"], preds["uncond"], preds["neg"])
         torch.testing.assert_close(preds["null"] + w * (eps - preds["null"]), want, **TOL)
         torch.testing.assert_close(state["momentum"], loop.edit_momentum, **TOL)
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
 
 
 def test_sega_and_sega_sd_differ_only_in_the_base():
@@ -172,10 +173,10 @@ def test_sega_and_sega_sd_differ_only_in_the_base():
     a, b = SemanticGuidance(params), DiffusersSemanticGuidance(params)
     assert a.needs == ("uncond", "neg") and b.needs == ("uncond", "neg", "null")
     assert (a.name, b.name) == ("sega", "sega-sd") and "2301.12247" in a.reference and "2301.12247" in b.reference
-    eps_a, _ = a.step(CHAIN[0], preds, a.start(3, preds["uncond"]))
-    eps_b, _ = b.step(CHAIN[0], preds, b.start(3, preds["uncond"]))
+    eps_a, _ = guide(a, CHAIN[0], preds, init_state(a, 3, preds["uncond"]))
+    eps_b, _ = guide(b, CHAIN[0], preds, init_state(b, 3, preds["uncond"]))
     assert not torch.allclose(eps_a, eps_b)
-    eps_b2, _ = b.step(CHAIN[0], {**preds, "null": preds["uncond"]}, b.start(3, preds["uncond"]))
+    eps_b2, _ = guide(b, CHAIN[0], {**preds, "null": preds["uncond"]}, init_state(b, 3, preds["uncond"]))
     assert torch.equal(eps_a, eps_b2)
 
 
@@ -209,8 +210,8 @@ def test_flat_samples_are_one_channel_and_one_dimension_is_np_with_momentum():
     method = SemanticGuidance(SemanticGuidance.Params(s_e=3.0, s_m=0.0, **LITERAL))
     np_ = NegativePrompting(NegativePrompting.Params(scale=3.0))
     preds = {"uncond": one, "neg": _randn(gen, (256, 1))}
-    eps, state = method.step(CHAIN[5], preds, method.start(256, one))
-    torch.testing.assert_close(eps, np_.step(CHAIN[5], preds, {})[0], **TOL)
+    eps, state = guide(method, CHAIN[5], preds, init_state(method, 256, one))
+    torch.testing.assert_close(eps, guide(np_, CHAIN[5], preds, {})[0], **TOL)
     assert torch.all(state["guidance_scale"] == 3.0)
 
 
@@ -222,13 +223,13 @@ def test_momentum_builds_during_warmup_and_decays_after_cooldown():
     preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape)}
     p = SemanticGuidance.Params(warmup=4, cooldown=7, s_m=0.5, beta_m=0.3, threshold=0.5, **LITERAL)
     method = SemanticGuidance(p)
-    state = method.start(2, preds["uncond"])
+    state = init_state(method, 2, preds["uncond"])
     e = -(preds["neg"] - preds["uncond"]) * p.s_e
     e = torch.where(quantile_mask(e, p.threshold), e, torch.zeros_like(e))
     mom = torch.zeros(shape, dtype=torch.float64)
     before = mom
     for step in CHAIN[:12]:
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         term = e if step.index < 7 else torch.zeros_like(e)
         guidance = term + p.s_m * mom
         mom = p.beta_m * mom + (1 - p.beta_m) * guidance
@@ -239,7 +240,7 @@ def test_momentum_builds_during_warmup_and_decays_after_cooldown():
         if step.index >= 7:
             torch.testing.assert_close(state["momentum"], before * (p.beta_m + (1 - p.beta_m) * p.s_m), **TOL)
         before = state["momentum"]
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
 
 
 def test_scale_multiplies_the_applied_guidance_and_momentum_stays_in_diffusers_units():
@@ -248,12 +249,12 @@ def test_scale_multiplies_the_applied_guidance_and_momentum_stays_in_diffusers_u
     method = SemanticGuidance(params_for(CUSTOM, scale=0.4))
     zero = SemanticGuidance(params_for(CUSTOM, scale=0.0))
     loop = DiffusersLoop(1.0, **CUSTOM, quantile_in_float32=False)
-    state = method.start(3, _randn(gen, shape))
-    zstate = zero.start(3, _randn(gen, shape))
+    state = init_state(method, 3, _randn(gen, shape))
+    zstate = init_state(zero, 3, _randn(gen, shape))
     for step in CHAIN[:12]:
         preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape)}
-        eps, state = method.step(step, preds, state)
-        eps0, zstate = zero.step(step, preds, zstate)
+        eps, state = guide(method, step, preds, state)
+        eps0, zstate = guide(zero, step, preds, zstate)
         loop(step.index, preds["uncond"], preds["uncond"], preds["neg"])
         applied = 0.4 if step.index >= CUSTOM["edit_warmup_steps"] else 0.0
         torch.testing.assert_close(eps, preds["uncond"] + applied * loop.last_guidance, **TOL)
@@ -272,11 +273,11 @@ def test_window_keeps_momentum_evolving_outside():
     config = {**DIFFUSERS_DEFAULTS, "edit_warmup_steps": 1}
     method = SemanticGuidance(params_for(config, t_low=897, t_high=958))  # steps 2..5 of the 50-step chain
     loop = DiffusersLoop(1.0, **config, quantile_in_float32=False)
-    state = method.start(2, _randn(gen, shape))
+    state = init_state(method, 2, _randn(gen, shape))
     inside = []
     for step in CHAIN[:8]:
         preds = {"uncond": _randn(gen, shape), "neg": _randn(gen, shape)}
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         want = loop(step.index, preds["uncond"], preds["uncond"], preds["neg"])
         torch.testing.assert_close(state["momentum"], loop.edit_momentum, **TOL)
         inside.append(897 <= step.t <= 958)
@@ -284,7 +285,7 @@ def test_window_keeps_momentum_evolving_outside():
             torch.testing.assert_close(eps, want, **TOL)
         else:
             assert torch.equal(eps, preds["uncond"]) and torch.all(state["guidance_scale"] == 0)
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
     assert inside == [False, False, True, True, True, True, False, False]
 
 
@@ -302,9 +303,9 @@ def first_guided_step(params: SemanticGuidance.Params, steps: int) -> int:
     """Index of the first step of a `steps`-step chain on which SEGA applies guidance (1-D samples: the mask keeps all)."""
     method = SemanticGuidance(params)
     preds = {"uncond": torch.zeros(2, 1, dtype=torch.float64), "neg": torch.ones(2, 1, dtype=torch.float64)}
-    state = method.start(2, preds["uncond"])
+    state = init_state(method, 2, preds["uncond"])
     for step in Schedule().steps(steps):
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         if not torch.equal(eps, preds["uncond"]):
             return step.index
     return steps

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from negguide.methods import Schedule, load_method
+from negguide.methods.base import guide, init_state, observe
 
 CHAIN = Schedule().steps(50)
 TOL = {"rtol": 1e-12, "atol": 1e-12}
@@ -82,18 +83,18 @@ def test_sld_matches_eq21_with_momentum_and_warmup_over_5_steps(shape, lam0, thr
     method = load_method("sld", {"scale": lam0, "threshold": threshold, "s_s": s_s, "beta_m": beta_m, "s_m": s_m, "warmup": warmup})
     paper = PaperSLD(lam0, threshold, s_s, beta_m, s_m, warmup)
     x = _randn(gen, shape)
-    state = method.start(shape[0], x)
+    state = init_state(method, shape[0], x)
     assert torch.equal(state["momentum"], torch.zeros(shape, dtype=torch.float64))
     for step in CHAIN[:5]:
         preds = sld_preds(gen, shape, threshold, s_s)
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         want_eps, want_momentum, want_trace = paper(preds["uncond"], preds["neg"])
         torch.testing.assert_close(eps, want_eps, **TOL)
         torch.testing.assert_close(state["momentum"], want_momentum, **TOL)
         torch.testing.assert_close(method.trace(state)["guidance_scale"], want_trace, **TOL)
         if step.index < warmup:
             assert torch.equal(eps, preds["uncond"])  # warm-up: no guidance ...
-        state = method.update(step, x, x, preds, state)  # sld has no observe: the state passes through
+        state = observe(method, step, x, x, preds, state)  # sld has no observe: the state passes through
     if s_m > 0 and beta_m < 1:
         assert state["momentum"].abs().sum() > 0  # ... but the momentum did build up
 
@@ -103,7 +104,7 @@ def test_threshold_is_strict_and_ramp_saturates_at_one():
     method = load_method("sld", {"scale": 1.0, "threshold": 0.04, "s_s": 100.0, "s_m": 0.0, "beta_m": 0.0})
     eps_u = torch.tensor([[0.04, 0.03, 0.005, -2.0]], dtype=torch.float64)
     eps_n = torch.zeros_like(eps_u)
-    eps, state = method.step(CHAIN[0], {"uncond": eps_u, "neg": eps_n}, method.start(1, eps_u))
+    eps, state = guide(method, CHAIN[0], {"uncond": eps_u, "neg": eps_n}, init_state(method, 1, eps_u))
     # eps = eps_u - mask * (eps_n - eps_u) = eps_u + mask * eps_u (eps_n = 0)
     mask = torch.tensor([[0.0, 1.0, 0.5, 1.0]], dtype=torch.float64)
     torch.testing.assert_close(eps, eps_u * (1.0 + mask), **TOL)
@@ -119,10 +120,10 @@ def test_window_keeps_momentum_evolving_outside():
     windowed = load_method("sld", {**params, "t_low": T_LOW, "t_high": T_HIGH})
     paper = PaperSLD(0.9, 0.04, 100.0, 0.3, 0.5, 2)
     shape = (4, 1, 4, 4)
-    state = windowed.start(shape[0], _randn(gen, shape))
+    state = init_state(windowed, shape[0], _randn(gen, shape))
     for step in CHAIN[:9]:
         preds = sld_preds(gen, shape, 0.04, 100.0)
-        eps, state = windowed.step(step, preds, state)
+        eps, state = guide(windowed, step, preds, state)
         want_eps, want_momentum, want_trace = paper(preds["uncond"], preds["neg"])
         torch.testing.assert_close(state["momentum"], want_momentum, **TOL)  # momentum always evolves
         if T_LOW <= step.t <= T_HIGH:
@@ -131,7 +132,7 @@ def test_window_keeps_momentum_evolving_outside():
         else:
             assert torch.equal(eps, preds["uncond"])
             assert torch.equal(state["guidance_scale"], torch.zeros(shape[0], dtype=torch.float64))
-        state = windowed.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(windowed, step, preds["uncond"], preds["uncond"], preds, state)
 
 
 def test_defaults_are_the_reference_code_defaults():

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from negguide.methods import Schedule, load_method
+from negguide.methods.base import guide, init_state, observe
 
 CHAIN = Schedule().steps(50)
 TOL = {"rtol": 1e-12, "atol": 1e-12}
@@ -90,11 +91,11 @@ def cfg(eps: torch.Tensor, preds: dict[str, torch.Tensor], w: float) -> torch.Te
 def run_against_diffusers(method, config: dict, shape, steps: int, w: float, seed: int):
     gen = torch.Generator().manual_seed(seed)
     loop = DiffusersLoop(w, **config)
-    state = method.start(shape[0], _randn(gen, shape))
+    state = init_state(method, shape[0], _randn(gen, shape))
     guided_steps = 0
     for step in CHAIN[:steps]:
         preds = t2i_preds(gen, shape, config["sld_threshold"], max(config["sld_guidance_scale"], 2.0))
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         want = loop(step.index, preds["null"], preds["uncond"], preds["neg"])
         torch.testing.assert_close(cfg(eps, preds, w), want, **TOL)
         if loop.safety_momentum is not None:
@@ -106,7 +107,7 @@ def run_against_diffusers(method, config: dict, shape, steps: int, w: float, see
             assert torch.equal(state["guidance_scale"], torch.zeros(shape[0], dtype=torch.float64))
         else:
             guided_steps += 1
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
     return guided_steps
 
 
@@ -147,15 +148,15 @@ def test_scale_multiplies_only_the_applied_safety_term():
     shape = (3, 2)
     method = load_method("sld-sd", {"preset": "strong", "scale": 0.4})
     loop = DiffusersLoop(1.0 + 1e-9, **v)  # any w > 1 enables it; the momentum does not depend on w
-    state = method.start(shape[0], _randn(gen, shape))
+    state = init_state(method, shape[0], _randn(gen, shape))
     for step in CHAIN[:10]:
         preds = t2i_preds(gen, shape, v["sld_threshold"], v["sld_guidance_scale"])
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         loop(step.index, preds["null"], preds["uncond"], preds["neg"])
         applied = 0.4 if step.index >= v["sld_warmup_steps"] else 0.0
         torch.testing.assert_close(eps, preds["uncond"] - applied * loop.last_safety, **TOL)
         torch.testing.assert_close(state["momentum"], loop.safety_momentum, **TOL)
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
 
 
 def test_window_keeps_momentum_evolving_outside():
@@ -165,10 +166,10 @@ def test_window_keeps_momentum_evolving_outside():
     shape = (2, 1, 4, 4)
     method = load_method("sld-sd", {"preset": "max", "t_low": 897, "t_high": 958})  # steps 2..5
     loop = DiffusersLoop(3.0, **v)
-    state = method.start(shape[0], _randn(gen, shape))
+    state = init_state(method, shape[0], _randn(gen, shape))
     for step in CHAIN[:8]:
         preds = t2i_preds(gen, shape, v["sld_threshold"], v["sld_guidance_scale"])
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         want = loop(step.index, preds["null"], preds["uncond"], preds["neg"])
         torch.testing.assert_close(state["momentum"], loop.safety_momentum, **TOL)
         if 897 <= step.t <= 958:
@@ -176,7 +177,7 @@ def test_window_keeps_momentum_evolving_outside():
         else:
             assert torch.equal(eps, preds["uncond"])
             assert torch.equal(state["guidance_scale"], torch.zeros(shape[0], dtype=torch.float64))
-        state = method.update(step, preds["uncond"], preds["uncond"], preds, state)
+        state = observe(method, step, preds["uncond"], preds["uncond"], preds, state)
 
 
 def test_a_preset_refuses_a_conflicting_field():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from negguide.methods import Schedule, load_method
+from negguide.methods.base import guide, init_state, observe
 
 CHAIN = Schedule().steps(50)
 
@@ -16,13 +17,13 @@ def test_unguided_returns_uncond_at_every_step(shape, window):
     method = load_method("none", window)
     assert method.needs == ("uncond",)
     x = torch.randn(shape, generator=gen, dtype=torch.float64)
-    state = method.start(shape[0], x)
+    state = init_state(method, shape[0], x)
     for step in CHAIN:
         preds = {"uncond": torch.randn(shape, generator=gen, dtype=torch.float64)}
-        eps, state = method.step(step, preds, state)
+        eps, state = guide(method, step, preds, state)
         assert torch.equal(eps, preds["uncond"])
         assert torch.equal(method.trace(state)["guidance_scale"], torch.zeros(shape[0], dtype=torch.float64))
-        state = method.update(step, x, x, preds, state)
+        state = observe(method, step, x, x, preds, state)
 
 
 def test_unguided_config_names_no_window_by_default():

@@ -21,6 +21,7 @@ from negguide.methods.nag import AttentionGuided, NAGParams, NormalizedAttention
 from negguide.methods.registry import method_card
 from negguide.methods.schedule import Schedule
 from negguide.results.store import Store
+from negguide.methods.base import guide
 
 CHAIN = Schedule().steps(20)
 TOL = {"rtol": 1e-12, "atol": 1e-12}
@@ -137,7 +138,7 @@ def test_guide_takes_the_nag_prediction_inside_the_window_and_the_positive_outsi
     seen = set()
     for step in CHAIN:
         preds = {name: torch.randn((2, 4, 3, 3), generator=gen, dtype=torch.float64) for name in ("uncond", "nag")}
-        eps, state = method.step(step, preds, {})
+        eps, state = guide(method, step, preds, {})
         inside = 300 <= step.t <= 700
         seen.add(inside)
         assert torch.equal(eps, preds["nag"] if inside else preds["uncond"])

@@ -25,6 +25,7 @@ from negguide.bench.tasks.spec import Conditioning
 from negguide.methods import load_method
 from negguide.methods.errors import BenchError
 from negguide.metrics.clip import load_clip, q_metric, q_regression, zero_shot
+from negguide.methods.base import init_state
 
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
@@ -176,7 +177,7 @@ def test_tiny_sd_run_end_to_end(t2i_env, capsys):
 
 def test_sld_diffusers_and_np_run_on_tiny_sd(t2i_env, capsys):
     args = ["--task", "sd2-english-breakfast", "--samples", "3", "--steps", "3"]
-    sld = run(capsys, "--method", "methods/sld_diffusers.py:DiffusersSLD", "--param", "preset=max", *args)
+    sld = run(capsys, "--method", "sld-sd", "--param", "preset=max", *args)
     assert sld["params"]["s_s"] == 5000.0 and sld["params"]["warmup"] == 0
     npr = run(capsys, "--method", "np", "--param", "scale=3", *args)
     assert npr["metrics"]["clip_related"] < 1.0
@@ -284,7 +285,7 @@ def test_nag_prediction_uses_processors_in_the_forward_and_restores_them(t2i_env
     denoiser = runtime.condition(ids).denoiser
     preds = {}
     for scale in ("0", "2"):
-        load_method("nag", {"scale": scale}).start(len(ids), x)  # what the sampler does first
+        init_state(load_method("nag", {"scale": scale}), len(ids), x)  # what the sampler does first
         preds[scale] = denoiser(x, step, ("uncond", "nag", "null"))
     assert len(seen) == 2 * len(cross) and all(set(s.values()) == {sd.NAGCrossAttention} for s in seen)
     assert unet.attn_processors == before  # the very same processor objects are back
