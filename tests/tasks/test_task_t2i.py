@@ -25,7 +25,6 @@ from negguide.bench.tasks.spec import Conditioning
 from negguide.methods import load_method
 from negguide.methods.errors import BenchError
 from negguide.metrics.clip import load_clip, q_metric, q_regression, zero_shot
-from negguide.methods.base import init_state
 
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
@@ -285,8 +284,10 @@ def test_nag_prediction_uses_processors_in_the_forward_and_restores_them(t2i_env
     denoiser = runtime.condition(ids).denoiser
     preds = {}
     for scale in ("0", "2"):
-        init_state(load_method("nag", {"scale": scale}), len(ids), x)  # what the sampler does first
+        method = load_method("nag", {"scale": scale})
+        method.prepare_models(denoiser)  # what the sampler does first
         preds[scale] = denoiser(x, step, ("uncond", "nag", "null"))
+        method.cleanup_models(denoiser)
     assert len(seen) == 2 * len(cross) and all(set(s.values()) == {sd.NAGCrossAttention} for s in seen)
     assert unet.attn_processors == before  # the very same processor objects are back
     torch.testing.assert_close(preds["0"]["nag"], preds["0"]["uncond"], rtol=1e-5, atol=1e-5)  # scale 0: the plain positive
