@@ -6,14 +6,15 @@ of the previous step guides the current one (the paper's staggered update).
 
 The paper derives the update for a stochastic Gaussian step: Bayes' rule on the realised x_prev
 under the two kernels N(mu_u, sigma^2) and N(mu_n, sigma^2). Under another sampler the means are
-that sampler's (`means="sampler"`, the default: mu = its transition's mean for eps_u and eps_n) or
-the DDPM ancestral kernel's (`means="ddpm"`, as if the step had been DDPM's, the reference code's
-view). sigma^2 is beta_tilde (the reference code), beta (Algorithm 2) or the variance the sampler's
+the DDPM ancestral kernel's (`means="ddpm"`, the default: the realised step scored as if it had been
+DDPM's, the reference code's view) or that sampler's (`means="sampler"`: mu = its transition's mean
+for eps_u and eps_n). sigma^2 is beta_tilde (the reference code), beta (Algorithm 2) or the variance the sampler's
 step actually adds (`variance="sampler"`): a deterministic step (DDIM eta 0, DPM-Solver++) has no
 likelihood ratio, so with "sampler" the posterior stands still there, while beta_tilde and beta score
 the realised step as if it had been drawn with the ancestral kernel's noise. On DDPM's own steps
-every choice of `means` gives the same numbers; how each tracks the exact posterior under each
-sampler is measured on the mixture tasks (benchmarks/dng_posterior_samplers.py).
+every choice of `means` gives the same numbers; under DDIM (eta 0) and DPM-Solver++ the DDPM means
+track the exact posterior best on both mixture tasks, and a frozen posterior worst
+(docs/results/dng-posterior-samplers.md, benchmarks/dng_posterior_samplers.py).
 """
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ from negguide.methods.base import GuidanceMethod, Params, Predictions, State, pe
 from negguide.methods.schedule import Step
 
 VARIANCES = ("beta_tilde", "beta", "sampler")
-MEANS = ("sampler", "ddpm")
+MEANS = ("ddpm", "sampler")
 
 
 @dataclass(frozen=True)
 class DNGParams(Params):
-    added_later = {"means": "sampler"}  # runs stored before samplers keep their ids
+    added_later = {"means": "ddpm"}  # runs stored before samplers keep their ids
 
     scale: float = 5.0  # lam0 of the paper
     prior: float = 0.25
@@ -40,7 +41,7 @@ class DNGParams(Params):
     p_min: float = 1e-6
     p_max: float = 0.99
     variance: str = "beta_tilde"  # sigma^2 of the update: reference code "beta_tilde", Algorithm 2 "beta", or the sampler's step's
-    means: str = "sampler"  # the two kernels' means: the sampler's transition, or the DDPM ancestral kernel's
+    means: str = "ddpm"  # the two kernels' means: the DDPM ancestral kernel's (tracks best, measured), or the sampler's transition
 
     def validate(self) -> None:
         super().validate()

@@ -6,11 +6,16 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from negguide.bench.cli import main as bench_main
 from negguide.bench.run.plan import RunRequest, resolve
-from negguide.bench.samplers import SAMPLERS
+from negguide.bench.run.shards import pick_device, runtime_for
+from negguide.bench.sampler import sample
+from negguide.bench.samplers import SAMPLERS, SamplerSpec
+from negguide.bench.tasks import get_task
+from negguide.methods.registry import load_method
 from negguide.bench.samplers.ddim import DDIM
 from negguide.results.store import Store
 from conftest import run_json
@@ -103,3 +108,23 @@ def test_a_sampler_from_an_entry_point_runs_like_a_built_in(toy_plugin, db, caps
     assert toy["metrics"] == ddim["metrics"]  # the same transitions as the class it extends
     assert bench_main(["run", "--method", "np", "--task", "gmm1d-remove-1", "--samples", "8", "--steps", "2", "--sampler", "toy-ddim"]) == 2
     assert "--steps must be between 3 and T=1000 for sampler 'toy-ddim', got 2" in capsys.readouterr().err
+
+
+def test_dng_scores_a_deterministic_step_by_its_variant():
+    """On DDPM's own steps the variants coincide; under DDIM eta 0 they differ, and a frozen posterior stays at its prior."""
+    task = get_task("gmm1d-remove-1")
+    runtime = runtime_for(task, pick_device(task))
+
+    def posterior(params: dict, spec: SamplerSpec) -> np.ndarray:
+        _, traces = sample(load_method("dng", params), runtime.condition(np.arange(32)), task.schedule.steps(20), 0, task.shape,
+                           dtype=runtime.dtype, sampler=spec.build())
+        return traces.arrays()["posterior"]
+
+    ddpm, ddim = SamplerSpec.of("ddpm"), SamplerSpec.of("ddim", {"eta": 0})
+    same = [posterior(params, ddpm) for params in ({}, {"means": "sampler"}, {"variance": "sampler"})]
+    assert all(np.array_equal(same[0], other) for other in same[1:])
+    by_ddpm, by_sampler, frozen = (posterior(params, ddim) for params in ({}, {"means": "sampler"}, {"variance": "sampler"}))
+    assert not np.allclose(by_ddpm, by_sampler)
+    assert np.allclose(frozen, 0.25, rtol=1e-6)  # no noise, no likelihood ratio: the prior throughout
+    assert load_method("dng").config()["params"].get("means") is None  # the default stays out of run ids
+    assert load_method("dng", {"means": "sampler"}).config()["params"]["means"] == "sampler"
