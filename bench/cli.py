@@ -6,8 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from negguide.bench.usage import OneLineParser
-from negguide.methods.errors import BenchError, MethodError
+from negguide.methods.errors import BenchError, MethodError, OneLineParser
 
 
 def _key_values(pairs: list[str], option: str = "--param") -> dict[str, str]:
@@ -435,10 +434,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.rest[:1] == ["cifar10-forget"]:
-        from negguide.bench.train_cifar10 import main as cifar10_main
+        from negguide.datasets.train_cifar10 import main as cifar10_main
 
         return int(cifar10_main(args.rest) or 0)
-    from negguide.bench.train import main as train_main
+    from negguide.datasets.train_mnist import main as train_main
 
     return int(train_main(args.rest) or 0)
 

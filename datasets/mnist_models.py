@@ -1,6 +1,6 @@
 """The MNIST model bundle: a class-conditional DDPM UNet (with a null label) and a small CNN classifier.
 
-Both are trained on this machine's CPU by `bench/train.py` and shipped under `datasets/weights/`.
+Both are trained on this machine's CPU by `datasets/train_mnist.py` and shipped under `datasets/weights/`.
 The DDPM network takes labels 0..9 for class-conditional and `NULL_LABEL` (10) for unconditional
 noise predictions, so one network serves both (classifier-free-guidance style training).
 """
@@ -20,8 +20,8 @@ NULL_LABEL = 10
 DDPM_WEIGHTS = "ema.safetensors"
 CLASSIFIER_WEIGHTS = "model.pt"
 CONFIG_FILE = "config.json"
-DDPM_TRAIN_CMD = "python -m negguide.bench.train ddpm --out {dir}"
-CLASSIFIER_TRAIN_CMD = "python -m negguide.bench.train classifier --out {dir}"
+DDPM_TRAIN_CMD = "python -m negguide.datasets.train_mnist ddpm --out {dir}"
+CLASSIFIER_TRAIN_CMD = "python -m negguide.datasets.train_mnist classifier --out {dir}"
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:

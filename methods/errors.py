@@ -1,6 +1,8 @@
 """The error types users see: a one-line message naming the problem and the fix."""
 from __future__ import annotations
 
+import argparse
+
 
 class BenchError(Exception):
     """Bad input or a missing resource; the CLI prints it on one line and exits with code 2."""
@@ -27,3 +29,10 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line and exit code 2, like every other bad input (`bench` and the training commands)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise BenchError(f"{message} (see `{self.prog} --help`)")

@@ -21,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from negguide.atomic import atomic_path
 from negguide.metrics.frechet import FeatureStats, frechet_between
 
 EXTRACTOR = "inception-v3-compat"
@@ -79,13 +79,6 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "negguide-bench")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _atomic_path(dest: Path) -> Path:
-    """A fresh temporary file beside `dest`, so that `os.replace` onto it is atomic."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
 
 
 @lru_cache(maxsize=8)
@@ -209,14 +202,10 @@ def convert_weights(dest: Path | None = None, source: Path | None = None) -> Pat
     if target.is_file():
         return target
     model = torch.jit.load(str(source), map_location="cpu")
-    tmp = _atomic_path(target)
-    try:
+    with atomic_path(target) as tmp:
         torch.save(state_dict_from_torchscript(model), tmp)
         extractor = _verify_converted(tmp, model, list(_ts_convs(model)))
-        os.replace(tmp, target)
-        _EXTRACTORS.setdefault((str(target), "cpu"), extractor)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _EXTRACTORS.setdefault((str(target), "cpu"), extractor)
     return target
 
 
@@ -297,13 +286,8 @@ def content_key(images_uint8: np.ndarray, extractor: str) -> str:
 
 def _save_stats(path: Path, stats: FeatureStats, extractor: str) -> None:
     """Write (count, total, outer) as .npz atomically."""
-    tmp = _atomic_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, count=np.int64(stats.count), total=stats.total, outer=stats.outer, extractor=np.str_(extractor))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, count=np.int64(stats.count), total=stats.total, outer=stats.outer, extractor=np.str_(extractor))
 
 
 def _load_stats(path: Path, extractor: str) -> FeatureStats | None:

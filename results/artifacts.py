@@ -2,27 +2,18 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from negguide.atomic import atomic_path, write_bytes_atomic  # noqa: F401 (write_bytes_atomic: re-exported for the store's callers)
+
 
 def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """An npz file written atomically (a file handle: np.savez would add `.npz` to a temporary name)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        np.savez(out, **arrays)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray] | None:
@@ -32,13 +23,6 @@ def read_npz(path: Path) -> dict[str, np.ndarray] | None:
             return {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
         return None
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
 
 
 def image_grid_png(images: np.ndarray, columns: int = 16, limit: int = 256) -> bytes:

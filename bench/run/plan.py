@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from negguide.bench.tasks import Task, TaskOptions, all_tasks, get_task
 from negguide.bench.samplers import SamplerSpec, sampler_class
+from negguide.bench.tasks import Task, TaskOptions, all_tasks, get_task
 from negguide.methods.errors import BenchError
 from negguide.methods.registry import MethodSpec
 from negguide.results.bundle import config_run_id

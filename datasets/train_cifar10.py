@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from negguide.bench.train import ema_update
-from negguide.bench.usage import OneLineParser
+from negguide.datasets.train_mnist import ema_update
 from negguide.datasets.cifar10 import (
     CIFAR_FOLDER,
     CLASSES,
@@ -31,7 +30,7 @@ from negguide.datasets.cifar10 import (
     load_unet,
     to_model_range,
 )
-from negguide.methods.errors import BenchError
+from negguide.methods.errors import BenchError, OneLineParser
 from negguide.methods.schedule import Schedule
 
 # ---- fine-tuning the to-forget model --------------------------------------------------------
