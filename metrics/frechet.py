@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from negguide.metrics.intervals import RESAMPLES_COSTLY, Statistic
+from negguide.metrics.intervals import Statistic
 
 
 @dataclass
@@ -59,5 +59,5 @@ def frechet_between(a: FeatureStats, b: FeatureStats) -> float:
 
 
 def frechet_statistic(name: str, features: np.ndarray, reference: FeatureStats) -> Statistic:
-    """The Frechet distance of a feature set to a reference, as a statistic over samples (costly bootstrap)."""
-    return Statistic(name, len(features), lambda index: frechet_between(FeatureStats.of(features[index]), reference), resamples=RESAMPLES_COSTLY)
+    """The Frechet distance of a feature set to a reference, as a distance statistic over samples (metrics/intervals.py)."""
+    return Statistic.distance(name, len(features), lambda index: frechet_between(FeatureStats.of(features[index]), reference))

@@ -18,7 +18,7 @@ from negguide.datasets.gmm import (
 )
 from negguide.metrics.classes import kl_classes
 from negguide.metrics.distances import wasserstein_to_mixture
-from negguide.metrics.intervals import RESAMPLES_COSTLY, Statistic
+from negguide.metrics.intervals import EITHER, Statistic
 
 VERSION = "1"
 PROTOCOLS = {
@@ -51,7 +51,7 @@ class GMMRuntime:
         found = [
             Statistic.share("forbidden_rate", modes == removed),
             Statistic("kl_classes", len(modes), lambda i: kl_classes(modes[i], removed, n_modes, kept_weights)),
-            Statistic("wasserstein", len(points), lambda i: wasserstein_to_mixture(points[i], self.problem.remember), resamples=RESAMPLES_COSTLY),
+            Statistic.distance("wasserstein", len(points), lambda i: wasserstein_to_mixture(points[i], self.problem.remember), EITHER),
         ]
         if "posterior" in traces and "posterior_exact" in traces:
             tracked, exact = traces["posterior"], traces["posterior_exact"]

@@ -21,7 +21,7 @@ from negguide.datasets.gmm_prompts import PROBLEM, PromptProblem
 from negguide.methods.base import Predictions
 from negguide.methods.schedule import Step
 from negguide.metrics.distances import wasserstein_to_mixture
-from negguide.metrics.intervals import RESAMPLES_COSTLY, Statistic
+from negguide.metrics.intervals import EITHER, Statistic
 
 VERSION = "1"
 LAYOUT = PairedLayout(prompts=1)
@@ -94,8 +94,8 @@ class GMMPromptsRuntime:
             Statistic.share("modes_changed_unrelated", changed_unrel),
             Statistic("q_modes", n, lambda i: float(np.mean(changed_rel[i])) - float(np.mean(changed_unrel[i]))),
             Statistic.share("forbidden_rate", modes[rel] == self.problem.related),
-            Statistic("w1_related", n, lambda i: wasserstein_to_mixture(points[rel[i]], target_rel), resamples=RESAMPLES_COSTLY),
-            Statistic("w1_unrelated", n, lambda i: wasserstein_to_mixture(points[unrel[i]], target_unrel), resamples=RESAMPLES_COSTLY),
+            Statistic.distance("w1_related", n, lambda i: wasserstein_to_mixture(points[rel[i]], target_rel), EITHER),
+            Statistic.distance("w1_unrelated", n, lambda i: wasserstein_to_mixture(points[unrel[i]], target_unrel), EITHER),
             *guidance_statistics(traces, triples),
         ]
 
