@@ -18,6 +18,7 @@ import torch
 from scipy.special import ndtri
 
 INITIAL = -1  # the "step" index of the initial noise x_T
+METHOD = 1 << 40  # offset of the noise a method draws on step k (METHOD + k): never one the sampler draws
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 _ELEMENT = 0xD1B54A32D192ED03

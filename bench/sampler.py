@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -66,7 +67,8 @@ def sample(
     try:
         for step in chain:
             # The transition first (it depends on x_t and history only), so the method can read it.
-            step = dataclasses.replace(step, transition=sampler.transition(step, x, memory))
+            transition = dataclasses.replace(sampler.transition(step, x, memory), fresh_noise=partial(draw, noise.METHOD + step.index))
+            step = dataclasses.replace(step, transition=transition)
             preds = conditioning.denoiser(x, step, needs)
             eps, state = guide(method, step, preds, state)
             if conditioning.finalize is not None:  # e.g. positive CFG around the method's output (text-to-image)

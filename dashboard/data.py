@@ -23,7 +23,7 @@ SWEEP_COMMAND = "bench sweep --method dng --task gmm1d-remove-1 --param scale=0.
 # The columns of the `runs` table; every other column of Store.wide() is a metric.
 RUN_FIELDS = ("run_id", "task", "task_version", "method", "params", "profile", "seed", "samples", "steps", "sweep_id",
               "config", "git_commit", "packages", "timings", "started_at", "finished_at", "wall_seconds", "status",
-              "artifacts_dir", "protocol", "variance", "digests", "provenance", "submitter")
+              "artifacts_dir", "protocol", "variance", "digests", "provenance", "submitter", "sampler")
 INTERVAL_SUFFIXES = ("__low", "__high")  # Store.wide(intervals=True): <metric>__low, <metric>__high
 DISPLAY_FIELDS = ("rank", "safe", "scale", "setting", "line", "date", "commit")  # added by build_board
 HEADLINE_FIRST = ("forbidden_rate", "kl_classes")  # shown before the quality metric on every page
@@ -191,7 +191,7 @@ def headline_paragraph(info: TaskInfo) -> str:
         f"first: {metric_description(quality)}. Runs whose 95% intervals of {quality} overlap share a rank (one plus the "
         f"number of runs entirely better). Runs above the threshold follow, safest first. The paper's comparison is at "
         f"matched safety: the table above it gives each method at its calibrated scale. Runs of a protocol (fixed samples, "
-        f"steps, seed, sampler variance) are shown by default; `exploratory` runs satisfy none. Sample-based distances such "
+        f"steps, seed, sampler) are shown by default; `exploratory` runs satisfy none. Sample-based distances such "
         f"as FID are biased on few samples: compare runs of one protocol."
     )
 

@@ -3,6 +3,7 @@ transition a sampler takes on one step (what a method may read of it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,6 +24,15 @@ class Transition:
     gain: float
     variance: float
     divisor: float = 1.0
+    fresh_noise: Callable[[], torch.Tensor] | None = field(default=None, compare=False, repr=False)
+
+    def noise(self) -> torch.Tensor:
+        """Standard normal noise like x_t for a method's own use on this step (Safe Denoiser re-noises with it):
+        counter-based like the sampler's, so a sample still depends only on (seed, its key), but never the
+        noise the sampler draws."""
+        if self.fresh_noise is None:
+            raise RuntimeError("this transition was built outside a sampling loop and has no noise for methods")
+        return self.fresh_noise()
 
     def mean(self, eps: torch.Tensor) -> torch.Tensor:
         """The mean of x_prev had the sampler been given `eps` on this step."""

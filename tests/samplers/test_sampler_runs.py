@@ -128,3 +128,27 @@ def test_dng_scores_a_deterministic_step_by_its_variant():
     assert np.allclose(frozen, 0.25, rtol=1e-6)  # no noise, no likelihood ratio: the prior throughout
     assert load_method("dng").config()["params"].get("means") is None  # the default stays out of run ids
     assert load_method("dng", {"means": "sampler"}).config()["params"]["means"] == "sampler"
+
+
+def test_a_method_draws_its_own_counter_based_noise_from_the_transition():
+    from negguide.bench import noise
+    from negguide.methods.base import GuidanceMethod
+
+    seen: list = []
+
+    class Renoise(GuidanceMethod):
+        name = "renoise-probe"
+        needs = ("uncond",)
+
+        def guide(self, step, preds, state):
+            seen.append((step.index, step.transition.noise()))
+            return preds["uncond"], state
+
+    task = get_task("gmm1d-remove-1")
+    runtime = runtime_for(task, pick_device(task))
+    for ids in (np.arange(6), np.arange(3, 6)):  # batch-independent: rows 3..5 get the same noise either way
+        sample(Renoise(), runtime.condition(ids), task.schedule.steps(4), 5, task.shape, dtype=runtime.dtype, sampler=SamplerSpec.of("ddim").build())
+    whole, part = seen[:4], seen[4:]
+    for (index, a), (_, b) in zip(whole, part):
+        assert np.array_equal(a[3:].numpy(), b.numpy())
+        assert not np.allclose(a.numpy(), noise.gaussian(5, np.arange(6), index, task.shape).numpy())  # not the sampler's
