@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--save", action="store_true", help="also store the comparison (the dashboard's run detail shows it); otherwise read only")
 
+    p = sub.add_parser("refresh-intervals", help="recompute every stored interval and paired comparison from the runs' per-sample records")
+    p.add_argument("--db", type=Path)
+    p.add_argument("--run", action="append", help="only this run id (repeatable)")
+
     p = sub.add_parser("leaderboard", help="print the leaderboard: matched safety per method, then all protocol runs")
     p.add_argument("--task")
     p.add_argument("--db", type=Path)
@@ -402,6 +406,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refresh_intervals(args: argparse.Namespace) -> int:
+    from negguide.bench.run.compare import run_statistics
+    from negguide.results.refresh import refresh_intervals
+
+    store = _store(args)
+    store.check(writing=True)
+    print(refresh_intervals(store, run_statistics, args.run).summary())
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -450,7 +464,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 COMMANDS = {"list": cmd_list, "describe": cmd_describe, "run": cmd_run, "sweep": cmd_sweep, "calibrate": cmd_calibrate, "compare": cmd_compare,
             "submit": cmd_submit, "import": cmd_import, "verify": cmd_verify,
-            "leaderboard": cmd_leaderboard,
+            "leaderboard": cmd_leaderboard, "refresh-intervals": cmd_refresh_intervals,
             "train": cmd_train, "dashboard": cmd_dashboard}
 
 

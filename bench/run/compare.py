@@ -76,7 +76,7 @@ def _run_row(store: Store, run_id: str) -> dict:
     return row
 
 
-def _statistics(row: dict) -> dict[str, Statistic]:
+def run_statistics(row: dict) -> dict[str, Statistic]:
     """The run's metrics as statistics of its stored records and traces."""
     folder = Path(row["artifacts_dir"])
     records, traces = read_npz(folder / "records.npz"), read_npz(folder / "traces.npz")
@@ -99,7 +99,7 @@ def compare_runs(store: Store, run_a: str, run_b: str) -> list[MetricComparison]
     if differing:
         raise BenchError(f"runs {run_a} and {run_b} do not share their noise (they differ in {', '.join(differing)}); "
                          "a paired comparison needs two runs of one task with the same samples, steps, seed and sampler")
-    stats_a, stats_b = _statistics(a), _statistics(b)
+    stats_a, stats_b = run_statistics(a), run_statistics(b)
     found = []
     for name in sorted(set(stats_a) & set(stats_b)):
         difference, interval = paired_difference(stats_a[name], stats_b[name])

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from negguide.bench.run import RunRequest, resolve, run_one
-from negguide.bench.run.compare import _statistics, compare_runs
+from negguide.bench.run.compare import run_statistics, compare_runs
 from negguide.results.refresh import refresh_intervals
 from negguide.results.store import Store
 
@@ -25,7 +25,7 @@ def store_with_two_runs(tmp_path) -> tuple[Store, list[str]]:
 
 def test_refresh_restores_every_interval_from_the_records(store_with_two_runs):
     store, ids = store_with_two_runs
-    done = refresh_intervals(store, _statistics)
+    done = refresh_intervals(store, run_statistics)
     metrics = store.metrics(ids)
     assert done.metrics == len(metrics) and not done.skipped and not done.mismatched
     assert ((metrics.low <= metrics.value) & (metrics.value <= metrics.high)).all()  # every interval contains its estimate again
@@ -36,7 +36,7 @@ def test_refresh_restores_every_interval_from_the_records(store_with_two_runs):
     assert done.comparisons == len(comparisons) > 0
     assert ((comparisons.diff_low <= comparisons["diff"]) & (comparisons["diff"] <= comparisons.diff_high)).all()
     assert dict(zip(comparisons.metric, comparisons.interval))["wasserstein"] == "paired-bootstrap-percentile-or-basic-200"
-    again = refresh_intervals(store, _statistics)  # a second refresh changes nothing: the intervals are a function of the records
+    again = refresh_intervals(store, run_statistics)  # a second refresh changes nothing: the intervals are a function of the records
     assert store.metrics(ids).equals(metrics) and again.metrics == done.metrics
 
 
@@ -44,9 +44,19 @@ def test_a_run_without_records_is_skipped_with_the_reason(store_with_two_runs):
     store, ids = store_with_two_runs
     folder = Path(store.runs().set_index("run_id").loc[ids[0], "artifacts_dir"])
     (folder / "records.npz").unlink()
-    done = refresh_intervals(store, _statistics)
+    done = refresh_intervals(store, run_statistics)
     assert list(done.skipped) == [ids[0]] and "no per-sample records" in done.skipped[ids[0]]
     assert done.comparisons == 0  # a comparison needs both runs' records
     kept = store.metrics([ids[0]])
     assert (kept.interval == "bootstrap-percentile-200").all()  # left as it was
     assert "skipped " + ids[0] in done.summary()
+
+
+def test_the_cli_refreshes_a_store(db, capsys):
+    from negguide.bench.cli import main as bench_main
+
+    assert bench_main(["run", "--method", "np", "--task", "gmm1d-remove-1", "--samples", "64", "--steps", "10", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert bench_main(["refresh-intervals"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("refreshed ") and "paired comparison" in out
