@@ -148,9 +148,9 @@ def autoencoder_loss(ae: Autoencoder, x: torch.Tensor, gen: torch.Generator | No
 class DenoiserConfig(_Config):
     """Architecture, diffusion and training settings of the latent denoiser."""
 
-    arch: str = "mlp"  # "mlp" or "conv"
-    width: int = 512  # mlp: hidden width; conv: channels
-    depth: int = 6  # residual blocks
+    arch: str = "mlp"  # "mlp", "conv" or "unet"
+    width: int = 512  # mlp: hidden width; conv and unet: channels at 7x7 (unet: twice that at 4x4)
+    depth: int = 6  # residual blocks (unet: at each of 7x7 down, 4x4, 7x7 up)
     mlp_ratio: int = 2  # mlp: hidden = width * mlp_ratio inside each block
     emb_dim: int = 128
     latent_shape: tuple[int, ...] = (4, 7, 7)
@@ -224,14 +224,62 @@ class _ConvBlock(nn.Module):
         return h + self.conv2(F.silu(y))
 
 
+class _Attention(nn.Module):
+    """Self-attention over the positions of a small feature map (4x4: 16 tokens)."""
+
+    def __init__(self, channels: int, heads: int = 4) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(8, channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+        self.heads = heads
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n, c, hh, ww = h.shape
+        x = self.norm(h).flatten(2).transpose(1, 2)  # [N, L, C]
+        q, k, v = self.qkv(x).view(n, hh * ww, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, hh * ww, c)
+        return h + self.proj(y).transpose(1, 2).view(n, c, hh, ww)
+
+
+class _UNetBody(nn.Module):
+    """7x7 (w channels) -> 4x4 (2w channels, with attention) -> 7x7, one skip per resolution."""
+
+    def __init__(self, w: int, depth: int, cond: int) -> None:
+        super().__init__()
+        self.down = nn.ModuleList(_ConvBlock(w, cond) for _ in range(depth))
+        self.to_low = nn.Conv2d(w, 2 * w, 3, stride=2, padding=1)  # 7 -> 4
+        self.mid = nn.ModuleList(_ConvBlock(2 * w, cond) for _ in range(depth))
+        self.attn = _Attention(2 * w)
+        self.to_high = nn.ConvTranspose2d(2 * w, w, 3, stride=2, padding=1)  # 4 -> 7
+        self.merge = nn.Conv2d(2 * w, w, 1)
+        self.up = nn.ModuleList(_ConvBlock(w, cond) for _ in range(depth))
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        for block in self.down:
+            h = block(h, c)
+        skip = h
+        low = self.to_low(h)
+        for i, block in enumerate(self.mid):
+            low = block(low, c)
+            if i == 0:
+                low = self.attn(low)
+        h = self.merge(torch.cat([skip, self.to_high(low)], dim=1))
+        for block in self.up:
+            h = block(h, c)
+        return h
+
+
 class LatentDenoiser(nn.Module):
     """Class-conditional (null label = unconditional) noise predictor on standardised MNIST latents."""
 
     def __init__(self, config: DenoiserConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or DenoiserConfig()
-        if config.arch not in ("mlp", "conv"):
-            raise ValueError(f"arch must be 'mlp' or 'conv', got {config.arch!r}")
+        if config.arch not in ("mlp", "conv", "unet"):
+            raise ValueError(f"arch must be 'mlp', 'conv' or 'unet', got {config.arch!r}")
         if config.prediction not in ("eps", "v"):
             raise ValueError(f"prediction must be 'eps' or 'v', got {config.prediction!r}")
         w, e = config.width, config.emb_dim
@@ -246,7 +294,10 @@ class LatentDenoiser(nn.Module):
         else:
             c = config.latent_shape[0]
             self.inp = nn.Conv2d(c, w, 3, padding=1)
-            self.blocks = nn.ModuleList(_ConvBlock(w, w) for _ in range(config.depth))
+            if config.arch == "conv":
+                self.blocks = nn.ModuleList(_ConvBlock(w, w) for _ in range(config.depth))
+            else:
+                self.blocks = nn.ModuleList([_UNetBody(w, config.depth, w)])
             self.out_norm = nn.GroupNorm(8, w)
             self.out = nn.Conv2d(w, c, 3, padding=1)
         nn.init.zeros_(self.out.weight)

@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--lr", type=float, default=None)
     d = sub.choices["denoiser"]
     d.add_argument("--autoencoder", type=Path, default=None)
-    d.add_argument("--arch", choices=("mlp", "conv"), default="mlp")
+    d.add_argument("--arch", choices=("mlp", "conv", "unet"), default="mlp")
     d.add_argument("--width", type=int, default=512)
     d.add_argument("--depth", type=int, default=6)
     d.add_argument("--mlp-ratio", type=int, default=2)

@@ -50,7 +50,7 @@ def test_autoencoder_shapes_and_range():
     assert out.shape == (5, 1, 28, 28) and out.min() >= -1 and out.max() <= 1
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("arch", ["mlp", "conv", "unet"])
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_denoiser_shapes_and_eps(arch, prediction):
     model = LatentDenoiser(DenoiserConfig(arch=arch, prediction=prediction, **SMALL)).eval()
