@@ -152,6 +152,19 @@ def plot(found: dict, store: Store, quality: str, unguided: dict | None, targets
     return name
 
 
+def without_db(argv: list[str]) -> list[str]:
+    """The command as printed on a page: the store is the reader's own (`--db` left out)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--db":
+            skip = True
+        elif not arg.startswith("--db="):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="results page for one removal task at matched safety")
     parser.add_argument("--task", default="mnist-remove-0")
@@ -179,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     unguided = None if args.no_unguided else run_one(resolve(base), store, progress=False).result
     quality, _ = headline_of(store, args.task)
     picture = plot(found, store, quality, unguided, targets, args.out)
-    command = "python -m negguide.bench.report " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m negguide.bench.report " + shlex.join(without_db(argv if argv is not None else sys.argv[1:]))
     run = resolve(replace(base, method="np"))
     exploratory = "" if run.protocol else " (not the protocol's own steps or sampler: exploratory runs)"
     lines = [f"# Results: {args.task} at matched safety", "", "Regenerate with:", "", "```", command, "```", "",
