@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="gmm1d-remove-1,gmm2d-remove-3")
     parser.add_argument("--samplers", default="ddpm-50,ddim-0,dpm-solver++")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    parser.add_argument("--summary", default="samplers.md", help="the summary page's file name under --out")
     args = parser.parse_args()
     store = Store(args.db)
     rows = []
@@ -85,14 +86,14 @@ def main() -> None:
             page(task, key, args.db, args.out)
             rows += summary_rows(task, key, store)
     table = pd.DataFrame(rows).fillna("-")
-    command = f"python benchmarks/results_by_sampler.py --db {args.db.name} --tasks {args.tasks} --samplers {args.samplers}"
+    command = f"python benchmarks/results_by_sampler.py --db STORE --tasks {args.tasks} --samplers {args.samplers} --summary {args.summary}"
     text = "\n".join([
         "# Method rankings under each sampler", "", f"Regenerate with `{command}` (a DuckDB path of your choice; runs are reused).", "",
         f"Each method calibrated to a forbidden share <= {TARGET:g} under each sampler, then its quality with the 95% interval, and "
         "its paired difference against DNG calibrated under the same sampler (same noise; 95% paired-bootstrap interval; the quality "
         "metric is the task's: Wasserstein distance to the kept mixture on the exact tasks, lower is better). One page per task and "
         "sampler beside this one gives every calibration point.", "", table.to_markdown(index=False), ""])
-    (args.out / "samplers.md").write_text(text)
+    (args.out / args.summary).write_text(text)
     print(text)
 
 

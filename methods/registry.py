@@ -78,12 +78,17 @@ class Registry(Generic[T]):
 
 # ---- methods ------------------------------------------------------------------------------
 
-def _builtin_methods() -> Iterable[tuple[str, type[GuidanceMethod]]]:
-    for module_name in _BUILTIN_METHOD_MODULES:
-        module = importlib.import_module(f"negguide.methods.{module_name}")
+def named_classes(package: str, modules: Iterable[str], base: type[T]) -> Iterable[tuple[str, type[T]]]:
+    """(name, class) of each named subclass of `base` defined in the given modules of `package` (built-ins of a registry)."""
+    for module_name in modules:
+        module = importlib.import_module(f"{package}.{module_name}")
         for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, GuidanceMethod) and value.name and value.__module__ == module.__name__:
+            if isinstance(value, type) and issubclass(value, base) and value.name and value.__module__ == module.__name__:
                 yield value.name, value
+
+
+def _builtin_methods() -> Iterable[tuple[str, type[GuidanceMethod]]]:
+    return named_classes("negguide.methods", _BUILTIN_METHOD_MODULES, GuidanceMethod)
 
 
 def _method_plugin(loaded: object, entry_name: str) -> Iterable[tuple[str, type[GuidanceMethod]]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import typing
 from dataclasses import dataclass
@@ -11,18 +10,14 @@ from typing import Iterable
 
 from negguide.bench.samplers.base import Sampler
 from negguide.methods.errors import BenchError, did_you_mean
-from negguide.methods.registry import Registry, parse_value
+from negguide.methods.registry import Registry, named_classes, parse_value
 
 SAMPLER_GROUP = "negguide.samplers"
 _BUILTIN_MODULES = ("ddpm", "ddim", "dpm_solver", "euler_ancestral")
 
 
 def _builtin_samplers() -> Iterable[tuple[str, type[Sampler]]]:
-    for module_name in _BUILTIN_MODULES:
-        module = importlib.import_module(f"negguide.bench.samplers.{module_name}")
-        for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, Sampler) and value.name and value.__module__ == module.__name__:
-                yield value.name, value
+    return named_classes("negguide.bench.samplers", _BUILTIN_MODULES, Sampler)
 
 
 def _sampler_plugin(loaded: object, entry_name: str) -> Iterable[tuple[str, type[Sampler]]]:
