@@ -47,7 +47,6 @@ from negguide.bench.tasks import Task, TaskRuntime, get_task
 from negguide.bench.tasks.spec import Judgement, judge
 from negguide.methods.errors import BenchError, did_you_mean
 from negguide.methods.registry import METHODS, builtin_method_names, is_file_spec
-from negguide.metrics.intervals import wilson
 from negguide.results.artifacts import read_npz, write_bytes_atomic, write_npz_atomic
 from negguide.results.bundle import (
     SCHEMA_VERSION,

@@ -144,7 +144,8 @@ def _from_file(spec: str, digest: str | None) -> type[GuidanceMethod]:
         classes = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, GuidanceMethod) and v is not GuidanceMethod]
         raise BenchError(f"{path} has no class {class_name!r}{did_you_mean(class_name, classes)}")
     cls = _check_class(getattr(module, class_name), spec)
-    if cls.name in builtin_method_names():
+    builtin = METHODS._builtin_table().get(cls.name)
+    if builtin is not None and Path(sys.modules[builtin.__module__].__file__).resolve() != path.resolve():  # a built-in's own file may be named
         raise BenchError(f"{spec} calls itself {cls.name!r}, a built-in method's name; give its class another `name`")
     return cls
 
