@@ -74,11 +74,14 @@ class NegationKernel:
 
     Sums are log-sum-exps in float64 (the |x_t|^2 term, common to every kernel, is dropped before them);
     both sets stay on the device they were given on. Cost per call: one [B, D] x [D, N + M] product.
+    `negation_set` is the negation examples themselves, [B, N, *shape], the same on every row (an expanded view),
+    for methods that run their own kernel (`safe-denoiser`, the authors' algorithm).
     """
 
-    names = ("negation", "negation_logit")
+    names = ("negation", "negation_logit", "negation_set")
 
     def __init__(self, negation: torch.Tensor, kept: torch.Tensor):
+        self.examples = negation
         self.negation = negation.reshape(len(negation), -1).double()
         self.kept = kept.reshape(len(kept), -1).double()
         self._negation_sq = (self.negation**2).sum(1)
@@ -94,9 +97,13 @@ class NegationKernel:
         unknown = set(names) - set(self.names)
         if unknown:
             raise KeyError(f"the negation kernel provides {', '.join(self.names)}, not {sorted(unknown)}")
+        preds = {}
+        if "negation_set" in names:
+            preds["negation_set"] = self.examples.to(x.dtype).expand(len(x), *self.examples.shape)
+            if set(names) == {"negation_set"}:
+                return preds
         x64 = x.reshape(len(x), -1).double()
         log_neg = self._log_kernels(x64, self.negation, self._negation_sq, step.alpha_bar)
-        preds = {}
         if "negation" in names:
             x0 = torch.softmax(log_neg, dim=1) @ self.negation
             eps = (x64 - step.alpha_bar**0.5 * x0) / (1.0 - step.alpha_bar) ** 0.5

@@ -116,21 +116,28 @@ class ExactDenoiser:
     `negation` and `negation_logit` are the negation-set predictions of safe-denoiser (Kim et al. 2025):
     the eps of E[x0 | x_t, x0 in the negation set] and log P(x0 in it | x_t) - log P(x0 not in it | x_t).
     Here the negation "set" is the exact forbidden mode, so they are `neg` and `posterior_logit` exactly.
+    `negation_set` is a finite set for the authors' algorithm (`safe-denoiser`, a kernel over examples): 515 draws
+    (their nudity set's size) from the forbidden mode, seed 0, as [B, 515, dim], the same on every row (a view).
     """
+
+    NEGATION_SET_SIZE, NEGATION_SET_SEED = 515, 0
 
     def __init__(self, problem: RemovalProblem):
         self.problem = problem
         self._eps_sources = {"uncond": problem.mixture, "neg": problem.forget, "remember": problem.remember, "negation": problem.forget}
+        self.negation_set = torch.from_numpy(problem.forget.sample(self.NEGATION_SET_SIZE, self.NEGATION_SET_SEED))
 
     def __call__(self, x: torch.Tensor, step, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         preds = {}
         for name in names:
-            if name in ("posterior_logit", "negation_logit"):
+            if name == "negation_set":
+                preds[name] = self.negation_set.to(x.device, x.dtype).expand(len(x), *self.negation_set.shape)
+            elif name in ("posterior_logit", "negation_logit"):
                 preds[name] = self.problem.posterior_logit(x, step.alpha_bar).to(x.dtype)
             elif name in self._eps_sources:
                 preds[name] = self._eps_sources[name].eps(x, step.alpha_bar)
             else:
-                raise KeyError(f"exact Gaussian-mixture tasks provide {sorted(self._eps_sources) + ['negation_logit', 'posterior_logit']}, not {name!r}")
+                raise KeyError(f"exact Gaussian-mixture tasks provide {sorted(self._eps_sources) + ['negation_logit', 'negation_set', 'posterior_logit']}, not {name!r}")
         return preds
 
     def exact_posterior(self, x: torch.Tensor, step) -> dict[str, torch.Tensor]:

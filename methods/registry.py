@@ -23,7 +23,7 @@ from negguide.methods.errors import BenchError, did_you_mean
 T = TypeVar("T")
 METHOD_GROUP = "negguide.methods"
 NETWORK_PREDICTIONS = ("uncond", "neg", "null", "nag")  # predictions a denoising network computes; the others are exact or kernel quantities
-_BUILTIN_METHOD_MODULES = ("unguided", "negative_prompting", "sld", "sld_diffusers", "dng", "oracles", "np_delayed", "apg", "sega", "perp_neg", "safe_denoiser", "nag")
+_BUILTIN_METHOD_MODULES = ("unguided", "negative_prompting", "sld", "sld_diffusers", "dng", "oracles", "np_delayed", "apg", "sega", "perp_neg", "safe_denoiser", "safe_denoiser_theorem", "nag")
 
 
 class Registry(Generic[T]):

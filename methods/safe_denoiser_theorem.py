@@ -1,5 +1,9 @@
-"""Safe Denoiser (Kim, Kim, Yusuf, Ermon & Park 2025, "Training-Free Safe Denoisers for Safe Use of
-Diffusion Models", arXiv 2502.08011, NeurIPS 2025).
+"""The closed form of Safe Denoiser's Theorem with kept-data odds (`safe-denoiser-theorem`): Kim, Kim, Yusuf,
+Ermon & Park 2025, "Training-Free Safe Denoisers for Safe Use of Diffusion Models", arXiv 2502.08011, NeurIPS 2025.
+
+This is NOT the authors' algorithm as their code runs it (that is `safe-denoiser`, methods/safe_denoiser.py: a
+kernel on the x0-prediction, a gate, x0 - 0.33 E_B and re-noising). It is the identity their algorithm approximates,
+computed with the task's estimate of the posterior odds, kept here as a second method to compare against.
 
 The data split by a negation set B into a safe and an unsafe part, p_data = Z_safe p_safe + Z_unsafe p_unsafe,
 gives (the paper's Theorem 3.2, Eqs. 4-5)
@@ -29,7 +33,8 @@ overflow. Where beta* is huge the result rests on eps_u - eps_B ~ (1 - P), which
 The paper's practical beta (the negation set's kernel density alone, times eta) is not used: in pixel space its
 log is about -1100 on MNIST all along the chain, so no constant eta makes it a weight; the tasks' log-odds use the
 kept data as the denominator instead (see NegationKernel). The reference code repels only on early timesteps
-(t >= 780 of 1000 for Stable Diffusion): pass t_low for that.
+(t >= 780 of 1000 for Stable Diffusion): pass t_low for that. Kept-data odds: the denominator of beta* uses the
+kept reference set (the tasks' `negation_logit`), which the paper's practical beta does not.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ from negguide.methods.schedule import Step
 
 
 @dataclass(frozen=True)
-class SafeDenoiserParams(Params):
+class SafeDenoiserTheoremParams(Params):
     scale: float = 1.0  # eta of Eq. 7: beta = eta * beta*; 1 is the theorem's weight (Eq. 4-5)
     beta_max: float = 99.0  # cap on the estimated beta* = P/(1-P), i.e. P capped at 0.99 (not in the paper)
     threshold: float = 0.0  # beta_t of Algorithm 1: no repulsion where the estimated beta* is below it (0: never)
@@ -56,13 +61,13 @@ class SafeDenoiserParams(Params):
             raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold}")
 
 
-class SafeDenoiser(GuidanceMethod):
-    name = "safe-denoiser"
+class SafeDenoiserTheorem(GuidanceMethod):
+    name = "safe-denoiser-theorem"
     reference = ("Kim, Kim, Yusuf, Ermon & Park 2025 (NeurIPS), arXiv 2502.08011, Theorem 3.2 / Eqs. 4-7, Algorithm 1; "
                  "code: github.com/MingyuKim87/Safe_Denoiser")
-    summary = "Safe Denoiser: repel from a negation set with weight beta*(x_t) = P(x0 in set | x_t) / P(x0 not in set | x_t)"
+    summary = "Safe Denoiser's Theorem 3.2 in closed form: repel from a negation set with weight beta*(x_t) = P(x0 in set | x_t) / P(x0 not in set | x_t)"
     needs = ("uncond", "negation", "negation_logit")
-    Params = SafeDenoiserParams
+    Params = SafeDenoiserTheoremParams
 
     def guide(self, step: Step, preds: Predictions, state: State) -> tuple[torch.Tensor, State]:
         p = self.params

@@ -84,9 +84,9 @@ def _gmm_task(prefix: str, mixture: GaussianMixture, removed: int, description: 
         digests=partial(_digests, mixture, removed),
         details=partial(_details, mixture),
         quality_metric="wasserstein",
-        # negation, negation_logit: the negation set's predictions (safe-denoiser); here the set is the exact
-        # forbidden mode, so they equal neg and posterior_logit (see ExactDenoiser)
-        predictions=("uncond", "neg", "remember", "posterior_logit", "negation", "negation_logit"),
+        # negation, negation_logit: the negation set's predictions (safe-denoiser-theorem); here the set is the exact
+        # forbidden mode, so they equal neg and posterior_logit; negation_set: 515 draws from it (safe-denoiser; see ExactDenoiser)
+        predictions=("uncond", "neg", "remember", "posterior_logit", "negation", "negation_logit", "negation_set"),
         intra_op_threads=1,  # tiny tensors: extra threads only add contention (20x slower measured)
         default_device="cpu",
     )

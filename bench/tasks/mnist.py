@@ -32,8 +32,8 @@ PROTOCOLS = {
     "paper": RunProtocol(samples=10_240, steps=1000, batch_size=512, sampler=PAPER_SAMPLER),
 }
 METRICS = ("forbidden_rate", "kl_classes", "fid_classifier", "fid", "fid_all")
-# uncond, neg: the UNet (null label, removed class); negation, negation_logit: the negation set (NegationKernel)
-PREDICTIONS = ("uncond", "neg", "negation", "negation_logit")
+# uncond, neg: the UNet (null label, removed class); negation, negation_logit, negation_set: the negation set (NegationKernel)
+PREDICTIONS = ("uncond", "neg", "negation", "negation_logit", "negation_set")
 
 
 def ddpm_dir() -> Path:
