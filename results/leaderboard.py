@@ -100,11 +100,15 @@ def leaderboard_table(store: Store, task: str | None = None, exploratory: bool =
     return table[COLUMNS + metric_columns + ["samples", "steps", "date", "commit", "run_id"]]
 
 
-def matched_safety_table(store: Store, task: str, target: float = DEFAULT_TARGET) -> pd.DataFrame:
-    """Per method, its newest calibrated protocol run at `target`, ranked by quality with shared ranks.
+def _protocol_sampler(sampler_json: object) -> bool:
+    """Whether a stored run used DDPM, the sampler of every protocol (rows from before samplers have none)."""
+    return not isinstance(sampler_json, str) or json.loads(sampler_json).get("name") == "ddpm"
 
-    Only calibrations whose runs satisfy a protocol count: one with another sampler or step count is
-    exploratory and never replaces the protocol's in the headline."""
+
+def matched_safety_table(store: Store, task: str, target: float = DEFAULT_TARGET) -> pd.DataFrame:
+    """Per method, its newest calibrated run at `target` under the protocols' sampler (DDPM), ranked by quality
+    with shared ranks. A calibration under another sampler (DDIM, DPM-Solver++, ...) never replaces it in the
+    headline: those are compared on docs/results/samplers.md."""
     calibrations = store.calibrations(task)
     if calibrations.empty:
         return calibrations
@@ -114,7 +118,7 @@ def matched_safety_table(store: Store, task: str, target: float = DEFAULT_TARGET
     wide = store.wide(task, intervals=True)
     quality, _ = headline_of(store, task)
     rows = chosen[["method", "params", "scale", "run_id", "monotone"]].merge(wide.drop(columns=["method", "params"]), on="run_id", how="inner")
-    rows = rows[rows["protocol"].notna()].drop_duplicates(["method", "params"], keep="last")
+    rows = rows[[_protocol_sampler(text) for text in rows["sampler"]]].drop_duplicates(["method", "params"], keep="last")
     rows = _interval_columns(_interval_columns(_interval_columns(rows, quality), "forbidden_rate"), "kl_classes")
     lower_better = lower_is_better(quality)
     rows = rows.sort_values(quality, ascending=lower_better, na_position="last")

@@ -132,9 +132,9 @@ def _is_package_data(rel: str) -> bool:
 
 
 def _expected_wheel_files(files: list[str]) -> set[str]:
-    """negguide/__init__.py, every module of the mapped folders' packages, and the package data."""
+    """negguide's own modules (the namespace and its shared helpers), every module of the mapped folders' packages, and the package data."""
     present = set(files)
-    expected = {"negguide/__init__.py"}
+    expected = {rel for rel in files if rel.startswith("negguide/") and rel.count("/") == 1 and rel.endswith(".py")}
     for rel in files:
         parts = rel.split("/")
         if parts[0] not in FOLDERS:

@@ -74,8 +74,10 @@ def test_compare_pairs_two_runs_on_the_same_noise(db, capsys):
     assert forbidden["a"] == a["metrics"]["forbidden_rate"] and forbidden["b"] == b["metrics"]["forbidden_rate"]
     assert forbidden["difference_interval"][1] < 0 and forbidden["significant"]  # DNG removes the mode: significantly fewer
     assert forbidden["interval_method"].startswith("paired-bootstrap")
-    stored = Store(db).comparison(a["run_id"], b["run_id"])
-    assert set(stored.metric) == set(rows)
+    assert Store(db).comparison(a["run_id"], b["run_id"]).empty  # compare reads only
+    saved = cli_json(capsys, "compare", a["run_id"], b["run_id"], "--save")
+    assert saved["metrics"] == result["metrics"]
+    assert set(Store(db).comparison(a["run_id"], b["run_id"]).metric) == set(rows)  # --save stores it for the dashboard
     other_seed = cli_json(capsys, "run", "--method", "dng", *SMALL, "--no-baseline", "--seed", "1")
     assert bench_main(["compare", a["run_id"], other_seed["run_id"]]) == 2
     assert "do not share their noise (they differ in seed)" in capsys.readouterr().err
