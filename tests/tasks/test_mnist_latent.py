@@ -131,7 +131,10 @@ def test_denoiser_resume_gives_the_same_state(tmp_path):
     for part in ("model", "ema"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
-    rows = lambda d: [(r["step"], r["loss"]) for r in csv.DictReader(open(tmp_path / d / TRAINING_LOG))]  # noqa: E731
+    def rows(folder: str) -> list[tuple[str, str]]:
+        with open(tmp_path / folder / TRAINING_LOG) as fh:
+            return [(r["step"], r["loss"]) for r in csv.DictReader(fh)]
+
     assert rows("once") == rows("twice") and len(rows("once")) == 8  # one row per step
     assert load_denoiser(tmp_path / "twice").config.steps_done == 8
 
@@ -152,3 +155,17 @@ def test_sampling_runs_and_is_seeded():
     labels = torch.full((4,), NULL_LABEL)
     a, b = sample_latents(model, labels, steps=5, seed=1), sample_latents(model, labels, steps=5, seed=1)
     assert a.shape == (4, 4, 7, 7) and torch.equal(a, b)
+
+
+def test_denoiser_cli_encodes_the_digits_trains_and_resumes(tmp_path):
+    """The command line end to end at toy size: an autoencoder, then a unet denoiser on all 5,000 encoded digits."""
+    x, _ = _digits(32)
+    train_autoencoder(tmp_path / "ae", AutoencoderConfig(channels=(8, 16), batch_size=8, max_steps=1), data=x)
+    args = ["denoiser", "--out", str(tmp_path / "dn"), "--autoencoder", str(tmp_path / "ae"), "--arch", "unet", "--width", "16",
+            "--depth", "1", "--prediction", "v", "--loss-weighting", "min_snr", "--batch-size", "16", "--max-steps", "2"]
+    assert main(args) == 0
+    assert main(["denoiser", "--out", str(tmp_path / "dn"), "--max-steps", "3", "--resume"]) == 0  # autoencoder and recipe from the state
+    model = load_denoiser(tmp_path / "dn")
+    assert (model.config.arch, model.config.width, model.config.steps_done, model.config.loss_weighting) == ("unet", 16, 3, "min_snr")
+    with open(tmp_path / "dn" / TRAINING_LOG) as fh:
+        assert [r["step"] for r in csv.DictReader(fh)] == ["1", "2", "3"]
