@@ -38,7 +38,7 @@ import torch
 from negguide.bench.provenance import git_commit, package_versions
 from negguide.bench.run import RunRequest, resolve, run_one
 from negguide.bench.run.calibrate import calibrate
-from negguide.bench.run.engine import _task_info, artifacts_root, stored_result, summarise_traces
+from negguide.bench.run.engine import artifacts_root, run_record, stored_result
 from negguide.bench.run.executors import Executor
 from negguide.bench.run.plan import ResolvedRun
 from negguide.bench.run.shards import check_device, draw_shard, pick_device, runtime_for
@@ -465,21 +465,15 @@ def _stored(store: Store, run_id: str) -> bool:
 
 
 def _record(manifest: Manifest, c: Checked, folder: Path, now: float) -> RunRecord:
-    resolved, run = c.resolved, c.entry
-    labels = c.judgement.records.get("label")
-    task = resolved.task
-    return RunRecord(run_id=run.run_id, task=task.name, task_version=task.version, method=manifest.method.name, params=run.config["params"],
-                     profile=resolved.profile, seed=resolved.seed, samples=resolved.samples, steps=resolved.steps, config=run.config,
-                     git_commit=manifest.harness.get("commit"), packages=manifest.packages,
-                     timings={"sampling_s": run.wall_time_s, "self_reported": True, "imported_at": now},
-                     started_at=now - run.wall_time_s, finished_at=now, artifacts_dir=str(folder),
-                     metrics=[m.as_dict() for m in c.judgement.metrics],
-                     traces=summarise_traces(c.traces["t"], _per_step(c.traces)),
-                     class_counts=np.bincount(labels, minlength=task.n_classes).tolist() if labels is not None and task.n_classes else [],
-                     protocol=resolved.protocol, variance=resolved.sampler.variance, sampler=resolved.sampler.to_json(), digests=task.digests(),
-                     provenance="self-reported", submitter=manifest.submitter, task_info=_task_info(resolved),
-                     method_info={"spec": manifest.method.spec, "source_digest": manifest.method.source_digest, "submitter": manifest.submitter,
-                                  "self_reported": True})
+    """An imported run's record: built like a local run's, with the bundle's method fields (`resolved` stands in for the
+    method, whose code is not loaded), provenance and self-reported timings."""
+    run, wall = c.entry, c.entry.wall_time_s
+    return run_record(c.resolved, c.judgement, c.traces["t"], _per_step(c.traces), folder,
+                      {"sampling_s": wall, "self_reported": True, "imported_at": now}, now - wall, now,
+                      run_id=run.run_id, config=run.config, params=run.config["params"], method=manifest.method.name, git_commit=manifest.harness.get("commit"), packages=manifest.packages,
+                      provenance="self-reported", submitter=manifest.submitter,
+                      method_info={"spec": manifest.method.spec, "source_digest": manifest.method.source_digest,
+                                   "submitter": manifest.submitter, "self_reported": True})
 
 
 # ---- verify -------------------------------------------------------------------------------

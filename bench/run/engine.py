@@ -22,7 +22,7 @@ from negguide.bench.run.executors import Executor, InProcessExecutor
 from negguide.bench.run.plan import ResolvedRun, ShardJob
 from negguide.bench.run.progress import ProgressBar
 from negguide.bench.run.shards import load_shard, pick_device, runtime_for
-from negguide.bench.tasks.spec import judge
+from negguide.bench.tasks.spec import Judgement, judge
 from negguide.methods.errors import BenchError
 from negguide.methods.registry import method_class, parameter_table
 from negguide.results.artifacts import (
@@ -140,24 +140,33 @@ def _finish(run: _Pending, store: Store, sampling_seconds: float, device: str | 
     write_npz_atomic(run_dir / "traces.npz", t=trace_t, **traces)
     write_npz_atomic(run_dir / "records.npz", **judgement.records)
     write_bytes_atomic(run_dir / "config.json", json.dumps(resolved.config, indent=2, sort_keys=True).encode())
-    labels = judgement.records.get("label")
-    counts = np.bincount(labels, minlength=resolved.task.n_classes).tolist() if labels is not None else []
     finished = time.time()
     timings = {"sampling_s": sampling_seconds, "evaluation_s": eval_seconds, "total_s": finished - run.started,
                "shards_total": len(run.jobs), "shards_resumed": run.resumed}
-    record = RunRecord(
-        run_id=resolved.run_id, task=resolved.task.name, task_version=resolved.task.version, method=resolved.method.name,
-        params=resolved.method.params, profile=resolved.profile, seed=resolved.seed, samples=resolved.samples,
-        steps=resolved.steps, config=resolved.config, git_commit=git_commit(), packages=package_versions(), timings=timings,
-        started_at=run.started, finished_at=finished, artifacts_dir=str(run_dir), metrics=[m.as_dict() for m in judgement.metrics],
-        traces=summarise_traces(trace_t, traces), class_counts=counts, sweep_id=resolved.sweep_id,
-        protocol=resolved.protocol, variance=resolved.sampler.variance, sampler=resolved.sampler.to_json(), digests=resolved.task.digests(),
-        task_info=_task_info(resolved), method_info=_method_info(resolved),
-    )
+    record = run_record(resolved, judgement, trace_t, traces, run_dir, timings, run.started, finished)
     store.write_run(record)
     result = stored_result(store, resolved.run_id)
     result.update(shards_total=len(run.jobs), shards_resumed=run.resumed)
     return RunOutcome(resolved.run_id, result, reused=False)
+
+
+def run_record(resolved: ResolvedRun, judgement: Judgement, trace_t: np.ndarray, traces: dict[str, np.ndarray], run_dir: Path,
+               timings: dict, started: float, finished: float, **made_by) -> RunRecord:
+    """The store's record of a judged run, built here for runs drawn here and for imported ones; `made_by`
+    overrides who made it (method name, git commit, packages, provenance, submitter, method_info)."""
+    labels = judgement.records.get("label")
+    task = resolved.task
+    fields = dict(
+        run_id=resolved.run_id, task=task.name, task_version=task.version, method=resolved.method.name, params=resolved.method.params,
+        profile=resolved.profile, seed=resolved.seed, samples=resolved.samples, steps=resolved.steps, config=resolved.config,
+        timings=timings, started_at=started, finished_at=finished,
+        artifacts_dir=str(run_dir), metrics=[m.as_dict() for m in judgement.metrics], traces=summarise_traces(trace_t, traces),
+        class_counts=np.bincount(labels, minlength=task.n_classes).tolist() if labels is not None else [], sweep_id=resolved.sweep_id,
+        protocol=resolved.protocol, variance=resolved.sampler.variance, sampler=resolved.sampler.to_json(), digests=task.digests(),
+        task_info=_task_info(resolved))
+    if "method_info" not in made_by:  # an imported run says who made it: its method's code is never loaded for that
+        made_by = {"git_commit": git_commit(), "packages": package_versions(), "method_info": _method_info(resolved), **made_by}
+    return RunRecord(**{**fields, **made_by})
 
 
 def _task_info(resolved: ResolvedRun) -> dict:
