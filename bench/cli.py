@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the bundle to write (.zip)")
     p.add_argument("--name", default="anonymous", help="who submits (shown beside the results)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="fixed method parameter (the scale is calibrated)")
+    p.add_argument("--sampler", help="another sampler than the protocols' DDPM (the runs are then exploratory)")
+    p.add_argument("--sampler-param", action="append", default=[], metavar="KEY=VALUE", help="a sampler setting (repeatable)")
     p.add_argument("--db", type=Path)
     p.add_argument("--workers", type=int)
     p.add_argument("--ray-address")
@@ -328,7 +330,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     executor = _executor(args)
     try:
         path, runs = submit(args.method, suite, args.out, _store(args), submitter=args.name, params=_key_values(args.param),
-                            executor=executor, progress=not args.no_progress)
+                            executor=executor, progress=not args.no_progress,
+                            sampler=args.sampler, sampler_params=_key_values(args.sampler_param, "--sampler-param"))
     finally:
         executor.close()
     if args.json:

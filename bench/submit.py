@@ -179,8 +179,11 @@ def _method_entry(spec: str, name: str) -> MethodEntry:
 
 
 def submit(spec: str, suite: Suite, out: Path, store: Store, *, submitter: str, params: dict | None = None,
-           executor: Executor | None = None, progress: bool = False) -> tuple[Path, list[str]]:
-    """Calibrate the method on every entry of the suite and write one bundle; returns its path and the chosen run ids."""
+           executor: Executor | None = None, progress: bool = False, sampler: str | None = None,
+           sampler_params: dict | None = None) -> tuple[Path, list[str]]:
+    """Calibrate the method on every entry of the suite and write one bundle; returns its path and the chosen run ids.
+
+    `sampler` (with its settings) replaces the protocols' DDPM: the runs are then exploratory, and their configs say so."""
     params = dict(params or {})
     if "scale" in params:
         raise BenchError("submit calibrates the scale per task: drop --param scale=...")
@@ -190,7 +193,8 @@ def submit(spec: str, suite: Suite, out: Path, store: Store, *, submitter: str, 
     runs: dict[str, RunEntry] = {}
     calibrations, chosen = [], []
     for entry in suite.entries:
-        request = RunRequest(task=entry.task, method=spec, params=params, protocol=entry.protocol, samples=entry.samples, steps=entry.steps)
+        request = RunRequest(task=entry.task, method=spec, params=params, protocol=entry.protocol, samples=entry.samples, steps=entry.steps,
+                             sampler=sampler, sampler_params=dict(sampler_params or {}))
         if not entry.targets:
             outcome = run_one(resolve(request), store, executor, progress=progress)
             chosen.append(outcome.run_id)

@@ -152,3 +152,18 @@ def test_a_method_draws_its_own_counter_based_noise_from_the_transition():
     for (index, a), (_, b) in zip(whole, part):
         assert np.array_equal(a[3:].numpy(), b.numpy())
         assert not np.allclose(a.numpy(), noise.gaussian(5, np.arange(6), index, task.shape).numpy())  # not the sampler's
+
+
+def test_submit_carries_the_sampler_into_the_bundle_and_import_resolves_it(tmp_path, monkeypatch):
+    from negguide.bench.submit import SUITES, Suite, SuiteEntry, import_bundle, submit
+    from negguide.results.bundle import read_bundle
+
+    suite = Suite("tiny", "1", "one exploratory run", (SuiteEntry("gmm1d-remove-1", "quick", (), samples=32, steps=5),))
+    monkeypatch.setitem(SUITES, "tiny", suite)
+    out, runs = submit("dng", suite, tmp_path / "b.zip", Store(tmp_path / "here" / "a.duckdb"), submitter="t", sampler="ddim",
+                       sampler_params={"eta": "0.5"})
+    config = read_bundle(out).manifest.runs[0].config
+    assert config["sampler"] == {"name": "ddim", "settings": {"eta": 0.5}}
+    imported = Store(tmp_path / "there" / "b.duckdb")
+    assert import_bundle(out, imported) == runs
+    assert json.loads(imported.runs().sampler.iloc[0])["name"] == "ddim"
