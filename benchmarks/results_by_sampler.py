@@ -11,23 +11,19 @@ and calibrations are stored in the DuckDB file and reused, so the command resume
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from negguide.bench import report
 from negguide.bench.run import RunRequest
-from negguide.bench.run.compare import compare_runs
-from negguide.results.leaderboard import headline_of
-from negguide.results.store import Store
 
 SAMPLERS = {  # key -> (label, report flags); DDIM with eta 1 and Euler ancestral take DDPM's steps here (an identity, tested)
     "ddpm-50": ("DDPM (beta_tilde), 50 steps", ["--steps", "50"]),
     "ddim-0": ("DDIM eta 0, 50 steps", ["--sampler", "ddim", "--sampler-param", "eta=0", "--steps", "50"]),
     "dpm-solver++": ("DPM-Solver++(2M), 20 steps", ["--sampler", "dpm-solver++", "--steps", "20"]),
 }
-METHODS = {"gmm1d-remove-1": "np,sld,dng,np-delayed,apg,sega,safe-denoiser", "gmm2d-remove-3": "np,sld,dng,np-delayed,apg,sega,safe-denoiser",
+METHODS = {"gmm1d-remove-1": "np,sld,dng,np-delayed,apg,sega,safe-denoiser-theorem", "gmm2d-remove-3": "np,sld,dng,np-delayed,apg,sega,safe-denoiser-theorem",
            "mnist-remove-0": "np,sld,dng"}
 TARGET = 0.01
 
@@ -46,27 +42,29 @@ def page(task: str, key: str, db: Path, out_root: Path) -> Path:
     return out
 
 
-def summary_rows(task: str, key: str, store: Store) -> list[dict]:
-    """Per method at the target: scale, quality, and its paired difference against DNG (same sampler, same noise)."""
-    base = flags_request(task, SAMPLERS[key][1])
-    methods = METHODS[task].split(",")
-    found = report.calibrated(base, methods, [TARGET], {}, store, 12, {}, 0.05)
-    quality, _ = headline_of(store, task)
-    dng = found[(TARGET, "dng")].chosen
+def summary_rows(task: str, key: str, out_root: Path) -> list[dict]:
+    """Per method at the target, read back from its page: scale, quality with its interval, and the paired
+    difference against DNG calibrated under the same sampler (the page's own numbers, nothing recomputed)."""
+    lines = (out_root / f"{task}-{key}" / "README.md").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = [line for line in lines[first:first + next(i for i, line in enumerate(lines[first:]) if not line.startswith("|"))]]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    quality = header[header.index("monotone") - 1]
+    paired = {}
+    for line in lines:
+        if line.startswith("- ") and " - DNG: " in line:
+            label, rest = line[2:].split(" - DNG: ", 1)
+            paired[label] = next((part.strip() for part in rest.split(";") if part.strip().startswith(quality)), "")
     rows = []
-    for method in methods:
-        chosen = found[(TARGET, method)].chosen
-        row = {"task": task, "sampler": SAMPLERS[key][0], "method": method}
-        if chosen is None:
-            rows.append({**row, "scale": "not reached"})
-            continue
-        result = report.result_of(store, chosen.run_id)
-        row.update(scale=f"{chosen.scale:.4g}", quality=report.cells(result, [quality])[quality])
-        if dng is not None and method != "dng":
-            diff = {r.name: r for r in compare_runs(store, dng.run_id, chosen.run_id)}[quality]
-            better = (diff.difference < 0) != diff.higher_is_better
-            row["vs DNG"] = (f"{diff.difference:+.3g} [{diff.difference_interval.low:.3g}, {diff.difference_interval.high:.3g}]"
-                             + (f" ({'DNG better' if better else 'DNG worse'})" if diff.significant else " (not significant)"))
+    for line in table[2:]:
+        cells = dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
+        method = cells["method"]
+        row = {"task": task, "sampler": SAMPLERS[key][0], "method": method, "scale": cells["scale"], quality: cells.get(quality, "-")}
+        if method in paired:
+            diff = paired[method].removeprefix(quality).strip()
+            significant = diff.endswith("*")
+            worse = diff.startswith("+")  # quality is a distance here: lower is better
+            row["minus DNG [95% CI]"] = diff.rstrip(" *") + (f" ({'DNG better' if worse else 'DNG worse'})" if significant else " (not significant)")
         rows.append(row)
     return rows
 
@@ -78,13 +76,16 @@ def main() -> None:
     parser.add_argument("--samplers", default="ddpm-50,ddim-0,dpm-solver++")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--summary", default="samplers.md", help="the summary page's file name under --out")
+    parser.add_argument("--existing", action="store_true", help="summarise only the pages already written (their runs stored); draw nothing new")
     args = parser.parse_args()
-    store = Store(args.db)
     rows = []
     for task in args.tasks.split(","):
         for key in args.samplers.split(","):
-            page(task, key, args.db, args.out)
-            rows += summary_rows(task, key, store)
+            if args.existing and not (args.out / f"{task}-{key}" / "README.md").exists():
+                continue
+            if not args.existing:
+                page(task, key, args.db, args.out)
+            rows += summary_rows(task, key, args.out)
     table = pd.DataFrame(rows).fillna("-")
     command = f"python benchmarks/results_by_sampler.py --db STORE --tasks {args.tasks} --samplers {args.samplers} --summary {args.summary}"
     text = "\n".join([
