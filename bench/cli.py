@@ -242,6 +242,8 @@ def _print_result(result: dict, as_json: bool, reused: bool) -> None:
     protocol = f"protocol {result['protocol']}" if result.get("protocol") else "exploratory"
     print(f"run {result['run_id']}: {result['method']} on {result['task']}, {result['samples']} samples, {result['steps']} steps "
           f"of {_sampler_text(result)}, seed {result['seed']} ({protocol}){note}")
+    if result["params"]:
+        print("  parameters: " + ", ".join(f"{key}={value}" for key, value in sorted(result["params"].items())))
     for name, value in sorted(result["metrics"].items()):
         print(f"  {name:<24} {value:<12.6g} {_interval_text(result, name)}")
     print(f"  artifacts: {result['artifacts_dir']}")

@@ -57,7 +57,9 @@ def test_a_run_stores_its_sampler_and_pairs_only_with_the_same_sampler(db, capsy
     capsys.readouterr()
     # the run header names the sampler
     assert bench_main(["run", "--method", "dng", *FAST, "--sampler", "ddim", "--sampler-param", "eta=0.5", "--no-progress", "--no-baseline"]) == 0
-    assert "10 steps of ddim(eta=0.5)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "10 steps of ddim(eta=0.5)" in out
+    assert "parameters: " in out and "scale=5.0" in out and "variance=beta_tilde" in out  # the header says which scale ran
 
 
 @pytest.mark.parametrize("args, message", [
