@@ -198,18 +198,23 @@ def parse_value(name: str, text: str, kind: type) -> object:
 
 def build_params(cls: type[GuidanceMethod], overrides: dict[str, object]) -> object:
     """The method's Params with overrides parsed to their declared types (text or JSON values) and validated."""
-    hints = typing.get_type_hints(cls.Params)
+    return parse_fields(cls.Params, overrides, f"method {cls.name!r}", "parameter", f"bench describe method {cls.name}")
+
+
+def parse_fields(fields: type, overrides: dict[str, object], owner: str, noun: str, describe: str) -> object:
+    """A validated instance of the dataclass `fields` (a method's Params, a sampler's Settings) from text or typed values."""
+    hints = typing.get_type_hints(fields)
     values = {}
     for key, raw in overrides.items():
         if key not in hints:
-            raise BenchError(f"method {cls.name!r} has no parameter {key!r}{did_you_mean(key, list(hints))}; `bench describe method {cls.name}` lists them")
+            raise BenchError(f"{owner} has no {noun} {key!r}{did_you_mean(key, list(hints))}; `{describe}` lists them")
         values[key] = parse_value(key, raw, hints[key]) if isinstance(raw, str) else hints[key](raw)
-    params = cls.Params(**values)
+    instance = fields(**values)
     try:
-        params.validate()
+        instance.validate()
     except ValueError as exc:
-        raise BenchError(f"method {cls.name!r}: {exc}") from None
-    return params
+        raise BenchError(f"{owner}: {exc}") from None
+    return instance
 
 
 @dataclass(frozen=True)

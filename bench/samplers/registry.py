@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from negguide.bench.samplers.base import Sampler
-from negguide.methods.errors import BenchError, did_you_mean
-from negguide.methods.registry import Registry, named_classes, parse_value
+from negguide.methods.errors import BenchError
+from negguide.methods.registry import Registry, named_classes, parse_fields
 
 SAMPLER_GROUP = "negguide.samplers"
 _BUILTIN_MODULES = ("ddpm", "ddim", "dpm_solver", "euler_ancestral")
@@ -63,18 +63,7 @@ class SamplerSpec:
     def of(cls, name: str = "ddpm", overrides: dict[str, object] | None = None) -> "SamplerSpec":
         """Validate a name and settings (text from the command line, or typed values) into a spec."""
         sampler_cls = sampler_class(name)
-        hints = typing.get_type_hints(sampler_cls.Settings)
-        values = {}
-        for key, raw in (overrides or {}).items():
-            if key not in hints:
-                raise BenchError(f"sampler {name!r} has no setting {key!r}{did_you_mean(key, list(hints))}; "
-                                 f"`bench describe sampler {name}` lists them")
-            values[key] = parse_value(key, raw, hints[key]) if isinstance(raw, str) else hints[key](raw)
-        settings = sampler_cls.Settings(**values)
-        try:
-            settings.validate()
-        except ValueError as exc:
-            raise BenchError(f"sampler {name!r}: {exc}") from None
+        settings = parse_fields(sampler_cls.Settings, overrides or {}, f"sampler {name!r}", "setting", f"bench describe sampler {name}")
         return cls(sampler_cls.name, tuple(sorted(dataclasses.asdict(settings).items())))
 
     @classmethod
