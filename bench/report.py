@@ -25,6 +25,7 @@ from negguide.bench.run.calibrate import Calibration, calibrate
 from negguide.bench.run.compare import compare_runs
 from negguide.metrics.intervals import with_interval
 from negguide.results.leaderboard import headline_of
+from negguide.results.palette import UNGUIDED_COLOUR, method_colour
 from negguide.results.store import Store
 
 LABELS = {"none": "unguided", "np": "NP", "sld": "SLD", "dng": "DNG"}
@@ -114,7 +115,7 @@ def target_section(store: Store, task: str, target: float, found: dict, methods:
 
 
 def plot(found: dict, store: Store, quality: str, unguided: dict | None, targets: list[float], out: Path) -> str:
-    """Every calibration point: forbidden share against quality, 95% error bars both ways, one colour per method."""
+    """Every calibration point: forbidden share against quality, 95% error bars both ways, each method in its palette colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,9 +134,10 @@ def plot(found: dict, store: Store, quality: str, unguided: dict | None, targets
                 [100 * (r["intervals"]["forbidden_rate"][1] - r["metrics"]["forbidden_rate"]) for r in points]]
         yerr = [[max(0.0, r["metrics"][quality] - r["intervals"][quality][0]) for r in points],
                 [max(0.0, r["intervals"][quality][1] - r["metrics"][quality]) for r in points]]
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=2, label=LABELS.get(method, method))
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=2, color=method_colour(method), label=LABELS.get(method, method))
     if unguided is not None:
-        ax.plot([100 * unguided["metrics"]["forbidden_rate"]], [unguided["metrics"][quality]], "k*", markersize=14, label="unguided")
+        ax.plot([100 * unguided["metrics"]["forbidden_rate"]], [unguided["metrics"][quality]], "*", color=UNGUIDED_COLOUR, markersize=14,
+                label="unguided")
     for target in targets:
         ax.axvline(100 * target, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("forbidden share (%)")
