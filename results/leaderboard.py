@@ -1,13 +1,17 @@
 """The leaderboard's ranking, shared by `bench leaderboard` and the dashboard.
 
 Two tables per task:
-- matched safety (the headline, the paper's comparison): per method, its calibrated run — the
-  smallest scale whose forbidden share is at most the target (default 1%, `bench calibrate`) — ranked
-  by the task's quality metric. Entries whose 95% intervals overlap share a rank: an entry's rank is
-  one plus the number of entries whose interval lies entirely on the better side of its own.
-- all runs: protocol runs by default (exploratory ones on request). A run is *safe* when the upper
-  end of its forbidden share's interval is at most the task's threshold; safe runs come first,
-  ranked by quality with shared ranks, then the rest, safest first.
+- matched safety (the headline, the paper's comparison): per method and calibrated target, its
+  calibrated run — the smallest scale that is safe at the target (`bench calibrate`) — ranked by the
+  task's quality metric.
+- all runs: protocol runs by default (exploratory ones on request). Safe runs come first,
+  ranked by quality, then the rest, safest first.
+
+One meaning of safe everywhere: the upper end of the forbidden share's 95% Wilson interval is at most
+the target (or the task's threshold). Ranks are groups, the way overlapping intervals are read: an
+entry's rank is the range from its best possible rank (1 + the entries entirely better) to its worst
+possible one (the entries not entirely worse), "1", "1-3", "4-7"; `rank_best` and `rank_worst`
+hold the two ends as integers for sorting.
 """
 from __future__ import annotations
 
@@ -18,26 +22,69 @@ import pandas as pd
 
 from negguide.metrics.base import METRICS
 from negguide.metrics.intervals import with_interval
-from negguide.results.store import Store
+from negguide.results.store import UPPER95, Store
 
 DEFAULT_TARGET = 0.01
-COLUMNS = ["rank", "task", "method", "params", "protocol", "provenance", "safe", "forbidden_rate", "kl_classes"]
+COLUMNS = ["rank", "rank_best", "rank_worst", "task", "method", "params", "params_changed", "protocol", "provenance", "safe",
+           "forbidden_rate", "kl_classes"]
 
 
 def _short_params(text: str) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(json.loads(text).items()))
 
 
+def _same_value(value: object, default: object) -> bool:
+    if isinstance(value, (int, float)) and isinstance(default, (int, float)) and not isinstance(value, bool):
+        return bool(np.isclose(float(value), float(default), rtol=1e-9, atol=0.0))
+    return value == default
+
+
+def changed_params(params: dict, defaults: dict) -> dict:
+    """The parameters that differ from the method's defaults (all of them when the defaults are unknown)."""
+    return {k: v for k, v in sorted(params.items()) if k not in defaults or not _same_value(v, defaults[k])}
+
+
+def params_text(params: str | dict, defaults: dict) -> str:
+    """`k=v, ...` of the parameters that differ from `defaults`; "" when none differ."""
+    values = json.loads(params) if isinstance(params, str) else params
+    return ", ".join(f"{k}={v}" for k, v in changed_params(values, defaults).items())
+
+
+def changed_params_column(store: Store, methods: pd.Series, params: pd.Series) -> list[str]:
+    """params_text per row, with each method's defaults as its runs recorded them (read once per method)."""
+    defaults = {method: store.info("method_info", method).get("defaults", {}) for method in set(methods)}
+    return [params_text(p, defaults[m]) for m, p in zip(methods, params)]
+
+
+def safe_at(upper: float, target: float) -> bool:
+    """The one meaning of safe: the upper end of the forbidden share's 95% interval is at most the target."""
+    return bool(upper <= target)
+
+
 def lower_is_better(metric: str) -> bool:
     return not METRICS[metric].higher_is_better if metric in METRICS else True
 
 
-def shared_ranks(values: pd.Series, lows: pd.Series, highs: pd.Series, lower_better: bool) -> list[int]:
-    """1 + the number of entries whose interval lies entirely on the better side (missing intervals: the value)."""
+def rank_groups(values: pd.Series, lows: pd.Series, highs: pd.Series, lower_better: bool) -> list[tuple[int, int]]:
+    """(best, worst) possible rank of each entry: best = 1 + the entries entirely better, worst = n - the entries
+    entirely worse; "entirely" means the 95% intervals do not overlap (missing intervals: the value)."""
     lows, highs = lows.fillna(values).to_numpy(float), highs.fillna(values).to_numpy(float)
-    if lower_better:
-        return [1 + int(np.sum(highs < low)) for low in lows]
-    return [1 + int(np.sum(lows > high)) for high in highs]
+    if not lower_better:  # flip so that smaller is better
+        lows, highs = -highs, -lows
+    n = len(lows)
+    return [(1 + int(np.sum(highs < low)), n - int(np.sum(lows > high))) for low, high in zip(lows, highs)]
+
+
+def rank_text(best: int, worst: int) -> str:
+    """"3" or "1-3": never fractional."""
+    return str(best) if best == worst else f"{best}-{worst}"
+
+
+def _with_ranks(rows: pd.DataFrame, groups: list[tuple[int, int]], offset: int = 0) -> pd.DataFrame:
+    rows["rank_best"] = [offset + best for best, _ in groups]
+    rows["rank_worst"] = [offset + worst for _, worst in groups]
+    rows["rank"] = [rank_text(best, worst) for best, worst in zip(rows["rank_best"], rows["rank_worst"])]
+    return rows
 
 
 def _interval_columns(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -48,15 +95,15 @@ def _interval_columns(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def rank_runs(runs: pd.DataFrame, quality_metric: str, threshold: float) -> pd.DataFrame:
-    """Rows of one task ordered by the headline; adds `safe` and a shared `rank`."""
+    """Rows of one task ordered by the headline; adds `safe`, the rank group `rank` ("1-3") and its ends `rank_best`, `rank_worst`."""
     runs = _interval_columns(_interval_columns(runs.copy(), "forbidden_rate"), quality_metric)
     upper = runs["forbidden_rate__high"].fillna(runs["forbidden_rate"])
-    runs["safe"] = upper <= threshold
+    runs["safe"] = [safe_at(high, threshold) for high in upper]
     lower_better = lower_is_better(quality_metric)
     safe = runs[runs.safe].sort_values([quality_metric, "forbidden_rate"], ascending=[lower_better, True], na_position="last")
     unsafe = runs[~runs.safe].sort_values(["forbidden_rate", quality_metric], na_position="last")
-    safe["rank"] = shared_ranks(safe[quality_metric], safe[quality_metric + "__low"], safe[quality_metric + "__high"], lower_better)
-    unsafe["rank"] = [len(safe) + r for r in shared_ranks(unsafe["forbidden_rate"], unsafe["forbidden_rate__low"], unsafe["forbidden_rate__high"], True)]
+    safe = _with_ranks(safe, rank_groups(safe[quality_metric], safe[quality_metric + "__low"], safe[quality_metric + "__high"], lower_better))
+    unsafe = _with_ranks(unsafe, rank_groups(unsafe["forbidden_rate"], unsafe["forbidden_rate__low"], unsafe["forbidden_rate__high"], True), len(safe))
     return pd.concat([safe, unsafe])
 
 
@@ -86,7 +133,8 @@ def leaderboard_table(store: Store, task: str | None = None, exploratory: bool =
         quality, threshold = headline_of(store, task_name)
         frames.append(rank_runs(runs, quality, threshold))
     table = pd.concat(frames)
-    table["rank"] = table["rank"].astype(int)
+    table["rank_best"], table["rank_worst"] = table["rank_best"].astype(int), table["rank_worst"].astype(int)
+    table["params_changed"] = changed_params_column(store, table["method"], table["params"])
     table["params"] = table["params"].map(_short_params)
     table["protocol"] = table["protocol"].fillna("exploratory")
     table["date"] = pd.to_datetime(table["finished_at"]).dt.strftime("%Y-%m-%d %H:%M")
@@ -105,10 +153,21 @@ def _protocol_sampler(sampler_json: object) -> bool:
     return not isinstance(sampler_json, str) or json.loads(sampler_json).get("name") == "ddpm"
 
 
+def calibrated_targets(store: Store, task: str) -> list[float]:
+    """The targets with at least one stored calibration on `task`, smallest first (each heads a matched-safety table)."""
+    calibrations = store.calibrations(task)
+    targets: list[float] = []
+    for target in sorted(float(t) for t in calibrations["target"]):
+        if not targets or not np.isclose(target, targets[-1]):
+            targets.append(target)
+    return targets
+
+
 def matched_safety_table(store: Store, task: str, target: float = DEFAULT_TARGET) -> pd.DataFrame:
     """Per method, its newest calibrated run at `target` under the protocols' sampler (DDPM), ranked by quality
-    with shared ranks. A calibration under another sampler (DDIM, DPM-Solver++, ...) never replaces it in the
-    headline: those are compared on docs/results/samplers.md."""
+    in rank groups. A calibration under the upper-bound rule replaces one made under the old point-estimate
+    rule (`rule` says which made each row: "upper95" or "point"). A calibration under another sampler (DDIM,
+    DPM-Solver++, ...) never replaces it in the headline: those are compared on docs/results/samplers.md."""
     calibrations = store.calibrations(task)
     if calibrations.empty:
         return calibrations
@@ -117,12 +176,15 @@ def matched_safety_table(store: Store, task: str, target: float = DEFAULT_TARGET
         return chosen
     wide = store.wide(task, intervals=True)
     quality, _ = headline_of(store, task)
-    rows = chosen[["method", "params", "scale", "run_id", "monotone"]].merge(wide.drop(columns=["method", "params"]), on="run_id", how="inner")
+    chosen = chosen.assign(newer_rule=chosen["rule"] == UPPER95).sort_values(["newer_rule", "created_at"], kind="stable")
+    rows = chosen[["method", "params", "scale", "run_id", "monotone", "rule"]].merge(wide.drop(columns=["method", "params"]), on="run_id", how="inner")
     rows = rows[[_protocol_sampler(text) for text in rows["sampler"]]].drop_duplicates(["method", "params"], keep="last")
     rows = _interval_columns(_interval_columns(_interval_columns(rows, quality), "forbidden_rate"), "kl_classes")
     lower_better = lower_is_better(quality)
     rows = rows.sort_values(quality, ascending=lower_better, na_position="last")
-    rows["rank"] = shared_ranks(rows[quality], rows[quality + "__low"], rows[quality + "__high"], lower_better)
+    rows = _with_ranks(rows, rank_groups(rows[quality], rows[quality + "__low"], rows[quality + "__high"], lower_better))
+    rows["params_changed"] = changed_params_column(store, rows["method"], rows["params"])
+    rows["safe"] = [safe_at(high, target) for high in rows["forbidden_rate__high"].fillna(rows["forbidden_rate"])]
     rows["target"] = target
     rows["quality_metric"] = quality
     return rows

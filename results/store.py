@@ -84,7 +84,8 @@ CREATE TABLE IF NOT EXISTS calibrations (
     run_id VARCHAR NOT NULL,
     monotone BOOLEAN NOT NULL,
     points VARCHAR NOT NULL,
-    created_at TIMESTAMP
+    created_at TIMESTAMP,
+    rule VARCHAR
 );
 CREATE TABLE IF NOT EXISTS comparisons (
     run_a VARCHAR NOT NULL,
@@ -129,8 +130,15 @@ MIGRATIONS = (
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS provenance VARCHAR",
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS submitter VARCHAR",
     "ALTER TABLE runs ADD COLUMN IF NOT EXISTS sampler VARCHAR",
+    "ALTER TABLE calibrations ADD COLUMN IF NOT EXISTS rule VARCHAR",
 )
 PROVENANCES = ("run here", "self-reported", "verified")
+# How a calibration decided that a scale meets its target (docs/trust.md, "One meaning of safe"):
+# UPPER95, the upper end of the forbidden share's 95% Wilson interval is at most the target; POINT_RULE,
+# the point estimate is (calibrations stored before the rule was recorded, and imported bundles' ones).
+UPPER95 = "upper95"
+POINT_RULE = "point"
+MIN_PREFIX = 4  # shortest run-id prefix accepted in place of an id
 
 
 def default_db_path() -> Path:
@@ -187,6 +195,7 @@ class CalibrationRecord:
     monotone: bool
     points: str  # JSON list of {scale, run_id, forbidden_rate, interval, reused}
     created_at: float
+    rule: str = POINT_RULE  # UPPER95 or POINT_RULE: what "meets the target" meant
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -333,9 +342,10 @@ class Store:
 
     @staticmethod
     def _insert_calibration(con: duckdb.DuckDBPyConnection, record: CalibrationRecord) -> None:
-        con.execute("INSERT INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?))",
+        con.execute("INSERT INTO calibrations (calibration_id, task, method, params, target, scale, run_id, monotone, points, created_at, rule) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), ?)",
                     [record.calibration_id, record.task, record.method, record.params, record.target, record.scale, record.run_id,
-                     record.monotone, record.points, record.created_at])
+                     record.monotone, record.points, record.created_at, record.rule])
 
     def write_comparison(self, run_a: str, run_b: str, rows: list[dict]) -> None:
         """Paired differences b - a per metric (`bench compare`, `bench run`'s baseline), so readers need not recompute them."""
@@ -354,11 +364,29 @@ class Store:
         return self.query("SELECT * FROM comparisons WHERE run_a = ? AND run_b = ? ORDER BY metric", [run_a, run_b])
 
     def calibrations(self, task: str | None = None) -> pd.DataFrame:
-        """Stored calibrations (empty for a store older than the table)."""
+        """Stored calibrations (empty for a store older than the table); `rule` is POINT_RULE for rows stored before it was kept."""
         if not self.exists() or "calibrations" not in self._tables():
-            return pd.DataFrame(columns=["calibration_id", "task", "method", "params", "target", "scale", "run_id", "monotone", "points", "created_at"])
+            return pd.DataFrame(columns=["calibration_id", "task", "method", "params", "target", "scale", "run_id", "monotone", "points",
+                                         "created_at", "rule"])
         where, params = ("WHERE task = ?", [task]) if task else ("", [])
-        return self.query(f"SELECT * FROM calibrations {where} ORDER BY created_at", params)
+        found = _with_columns(self.query(f"SELECT * FROM calibrations {where} ORDER BY created_at", params), ("rule",))
+        found["rule"] = found["rule"].fillna(POINT_RULE)
+        return found
+
+    def resolve_run_id(self, given: str) -> str:
+        """The stored run id that `given` names: the id itself, or a unique prefix of at least MIN_PREFIX characters."""
+        given = given.strip()
+        if len(given) < MIN_PREFIX:
+            raise BenchError(f"run id {given!r} is too short: give at least {MIN_PREFIX} characters of it (`bench runs` lists the ids)")
+        found = self.query("SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id", [given])["run_id"].tolist()
+        if given in found:
+            return given
+        if not found:
+            raise BenchError(f"no stored run id starts with {given!r} in the store {self.path}; `bench runs` lists the ids")
+        if len(found) > 1:
+            shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+            raise BenchError(f"run id prefix {given!r} is ambiguous ({len(found)} runs: {shown}); give more characters")
+        return found[0]
 
     def _tables(self) -> set[str]:
         con = self._connect(read_only=True)

@@ -1,6 +1,8 @@
-"""Matched-safety calibration: the smallest guidance scale whose forbidden share is at most a target.
+"""Matched-safety calibration: the smallest guidance scale that is *safe* at a target.
 
-The paper compares methods at equal safety; this finds, per method, the scale where that holds.
+Safe (docs/trust.md, one rule everywhere): the upper end of the forbidden share's 95% Wilson interval
+is at most the target, so a run is called safe only when its sample count can show it. The paper
+compares methods at equal safety; this finds, per method, the scale where that holds.
 Bracket first (halve or double the scale until the target is crossed), then bisect between the
 largest scale that misses it and the smallest that meets it, until they are within a relative
 tolerance or the run budget is spent. Every point is an ordinary stored run (its id hashes its
@@ -20,7 +22,9 @@ from negguide.bench.run.executors import Executor
 from negguide.bench.run.plan import RunRequest, resolve
 from negguide.methods.errors import BenchError, MethodError
 from negguide.methods.registry import method_class
-from negguide.results.store import CalibrationRecord, Store
+from negguide.metrics.intervals import wilson
+from negguide.results.leaderboard import safe_at
+from negguide.results.store import UPPER95, CalibrationRecord, Store
 
 MAX_RUNS = 12
 TOLERANCE = 0.05  # stop when (meets - misses) / meets is below this
@@ -36,8 +40,26 @@ class Point:
     high: float
     reused: bool
 
+    def meets(self, target: float) -> bool:
+        """Safe at `target`: the upper end of the 95% interval, not the point estimate, is at most it."""
+        return safe_at(self.high, target)
+
     def as_dict(self) -> dict:
         return {"scale": self.scale, "run_id": self.run_id, "forbidden_rate": self.forbidden, "interval": [self.low, self.high], "reused": self.reused}
+
+
+def smallest_establishable(samples: int) -> float:
+    """The smallest target a run of `samples` can be safe at: the Wilson upper bound of 0 forbidden out of `samples`."""
+    return wilson(0, samples).high
+
+
+def samples_to_establish(target: float) -> int:
+    """The fewest samples whose Wilson upper bound at 0 forbidden is at most `target` (0 < target < 1)."""
+    z2 = 1.959963984540054 ** 2  # Wilson at 0 successes: upper = z^2 / (n + z^2)
+    n = max(1, int(z2 * (1.0 - target) / target) - 1)
+    while smallest_establishable(n) > target:
+        n += 1
+    return n
 
 
 @dataclass
@@ -57,16 +79,18 @@ class Calibration:
 
     def as_dict(self) -> dict:
         return {"calibration_id": self.calibration_id, "task": self.request.task, "method": self.request.method, "target": self.target,
-                "params": self.request.params, "chosen": self.chosen.as_dict() if self.chosen else None,
+                "rule": UPPER95, "params": self.request.params, "chosen": self.chosen.as_dict() if self.chosen else None,
                 "monotone": not self.violations, "points": [p.as_dict() for p in sorted(self.points, key=lambda p: p.scale)],
                 "failed": {_scale_text(scale): why for scale, why in self.failed.items()}}
 
 
 def calibration_id(request: RunRequest, target: float) -> str:
-    """Ids of requests that name no sampler are those made before samplers existed."""
+    """Ids of requests that name no sampler are those made before samplers existed; the rule enters every id,
+    so a calibration made under the old point-estimate rule never shares an id with one made under UPPER95."""
     key = [request.task, request.method, request.params, request.protocol, request.samples, request.steps, request.seed, request.variance, target]
     if request.sampler is not None or request.sampler_params:
         key.append({"sampler": request.sampler, "settings": request.sampler_params})
+    key.append({"rule": UPPER95})
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -88,7 +112,8 @@ def calibrate(request: RunRequest, target: float, store: Store, executor: Execut
     start = float(start if start is not None else cls.Params().scale)
     if not start > 0.0:
         raise BenchError(f"--start must be a positive scale, got {start} (the method's default scale is {cls.Params().scale})")
-    resolve(replace(request, params={**request.params, "scale": _scale_text(start)}))  # every bad input fails before any run
+    resolved = resolve(replace(request, params={**request.params, "scale": _scale_text(start)}))  # every bad input fails before any run
+    _check_establishable(target, forbidden_units(resolved.task, resolved.samples))
     found = Calibration(calibration_id(request, target), request, target)
 
     def evaluate(scale: float) -> Point:
@@ -113,13 +138,37 @@ def calibrate(request: RunRequest, target: float, store: Store, executor: Execut
         _search(evaluate, start, target, tolerance)
     except _Stop:
         pass
-    meeting = [p for p in found.points if p.forbidden <= target]
+    meeting = [p for p in found.points if p.meets(target)]
     found.chosen = min(meeting, key=lambda p: p.scale) if meeting else None
     if found.chosen is not None:
         store.write_calibration(CalibrationRecord(
             found.calibration_id, request.task, request.method, json.dumps(request.params, sort_keys=True), target, found.chosen.scale,
-            found.chosen.run_id, not found.violations, json.dumps(found.as_dict()["points"]), time.time()))
+            found.chosen.run_id, not found.violations, json.dumps(found.as_dict()["points"]), time.time(), UPPER95))
     return found
+
+
+def forbidden_units(task, samples: int) -> int:
+    """What a task's forbidden share counts: samples, or on paired tasks the (reference, related, unrelated) triples."""
+    paired = "triples sharing noise" in task.description  # the paired tasks' own words; Task declares no unit yet
+    return samples // 3 if paired else samples
+
+
+def establishable_targets(task, targets: list[float]) -> dict:
+    """Per protocol: its forbidden-share units, the smallest target it can establish, and which of `targets` it can."""
+    found = {}
+    for name, protocol in task.protocols.items():
+        units = forbidden_units(task, protocol.samples)
+        floor = smallest_establishable(units) if units > 0 else 1.0
+        found[name] = {"units": units, "smallest_target": floor, "targets": {f"{t:g}": safe_at(floor, t) for t in targets}}
+    return found
+
+
+def _check_establishable(target: float, samples: int) -> None:
+    """Refuse a target no run of this size can be safe at: even 0 forbidden samples leave the upper bound above it."""
+    floor = smallest_establishable(samples)
+    if floor > target:
+        raise BenchError(f"target {target:g} cannot be established with {samples} samples (0 forbidden still has a 95% upper bound of "
+                         f"{floor:.4g}); use --samples {samples_to_establish(target)} or more, a larger --protocol, or a target >= {floor:.4g}")
 
 
 class _Stop(Exception):
@@ -127,13 +176,13 @@ class _Stop(Exception):
 
 
 def _search(evaluate, start: float, target: float, tolerance: float) -> None:
-    """Bracket the target between a missing and a meeting scale, then bisect."""
+    """Bracket the target between a missing and a meeting scale (Point.meets: the upper bound), then bisect."""
     first = evaluate(start)
-    if first.forbidden <= target:
+    if first.meets(target):
         meets, misses = first.scale, None
         for _ in range(MAX_DOUBLINGS):  # halve until the target is missed: the smallest scale that meets it lies above
             point = evaluate(meets / 2.0)
-            if point.forbidden > target:
+            if not point.meets(target):
                 misses = point.scale
                 break
             meets = point.scale
@@ -143,7 +192,7 @@ def _search(evaluate, start: float, target: float, tolerance: float) -> None:
         misses, meets = first.scale, None
         for _ in range(MAX_DOUBLINGS):
             point = evaluate(misses * 2.0)
-            if point.forbidden <= target:
+            if point.meets(target):
                 meets = point.scale
                 break
             misses = point.scale
@@ -152,7 +201,7 @@ def _search(evaluate, start: float, target: float, tolerance: float) -> None:
     while (meets - misses) / meets > tolerance:
         middle = (meets + misses) / 2.0
         point = evaluate(middle)
-        if point.forbidden <= target:
+        if point.meets(target):
             meets = point.scale
         else:
             misses = point.scale

@@ -63,7 +63,7 @@ def test_leaderboard_ranks_safe_runs_by_quality(db, capsys):
     assert bench_main(["leaderboard", "--task", "gmm1d-remove-1", "--exploratory"]) == 0
     out = capsys.readouterr().out
     table = leaderboard_table(Store(db), "gmm1d-remove-1", exploratory=True)
-    assert table.method.iloc[0] == "dng-exact" and table["rank"].iloc[0] == 1 and "dng-exact" in out
+    assert table.method.iloc[0] == "dng-exact" and table["rank"].iloc[0] == "1" and "dng-exact" in out
     assert table["protocol"].tolist() == ["exploratory"] * 3
 
 

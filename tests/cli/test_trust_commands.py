@@ -6,7 +6,7 @@ import json
 import pandas as pd
 
 from negguide.bench.cli import main as bench_main
-from negguide.results.leaderboard import matched_safety_table, shared_ranks
+from negguide.results.leaderboard import matched_safety_table, rank_groups
 from negguide.results.store import Store
 
 SMALL = ["--task", "gmm1d-remove-1", "--samples", "512", "--steps", "100", "--no-progress"]
@@ -23,14 +23,14 @@ def cli_json(capsys, *args: str):
 def test_calibrate_finds_the_smallest_scale_and_reuses_its_runs(db, capsys):
     found = cli_json(capsys, "calibrate", "--method", "np", *SMALL, "--target", "0.05")
     chosen, points = found["chosen"], found["points"]
-    assert chosen["forbidden_rate"] <= 0.05 and found["monotone"]
+    assert chosen["interval"][1] <= 0.05 and found["monotone"] and found["rule"] == "upper95"
     below = [p for p in points if p["scale"] < chosen["scale"]]
-    assert below and all(p["forbidden_rate"] > 0.05 for p in below)  # nothing smaller meets the target
+    assert below and all(p["interval"][1] > 0.05 for p in below)  # nothing smaller is safe at the target
     assert max(p["scale"] for p in below) >= 0.95 * chosen["scale"]  # bisected to the 5% tolerance
     again = cli_json(capsys, "calibrate", "--method", "np", *SMALL, "--target", "0.05")
     assert again["chosen"] == {**chosen, "reused": True} and all(p["reused"] for p in again["points"])
     table = matched_safety_table(Store(db), "gmm1d-remove-1", 0.05)
-    assert table.run_id.tolist() == [chosen["run_id"]] and table["rank"].tolist() == [1]
+    assert table.run_id.tolist() == [chosen["run_id"]] and table["rank"].tolist() == ["1"]
 
 
 UNSTABLE = """
@@ -51,7 +51,7 @@ class UnstableNP(GuidanceMethod):
 def test_calibrate_stops_where_a_method_diverges_and_keeps_its_points(db, capsys, tmp_path):
     method = tmp_path / "unstable.py"
     method.write_text(UNSTABLE)
-    found = cli_json(capsys, "calibrate", "--method", f"{method}:UnstableNP", *SMALL, "--target", "0.001")
+    found = cli_json(capsys, "calibrate", "--method", f"{method}:UnstableNP", *SMALL, "--target", "0.01")
     assert [p["scale"] for p in found["points"]] == [1.0] and found["chosen"] is None  # scale 1 misses; doubling to 2 diverged
     assert list(found["failed"]) == ["2"] and "produced NaN or inf at step 0" in found["failed"]["2"]
     assert Store(db).runs()["run_id"].tolist() == [found["points"][0]["run_id"]]  # nothing stored for the failed run
@@ -98,16 +98,16 @@ def test_run_shows_the_unguided_run_on_the_same_noise(db, capsys):
     assert "beside the unguided run" in out and "change (paired 95% CI)" in out and "Against unguided sampling" in out
 
 
-def test_shared_ranks_follow_interval_overlap():
+def test_rank_groups_follow_interval_overlap():
     values = pd.Series([1.0, 1.1, 2.0, 2.05])
     lows, highs = values - 0.2, values + 0.2
-    assert shared_ranks(values, lows, highs, lower_better=True) == [1, 1, 3, 3]
-    assert shared_ranks(values, lows, highs, lower_better=False) == [3, 3, 1, 1]
+    assert rank_groups(values, lows, highs, lower_better=True) == [(1, 2), (1, 2), (3, 4), (3, 4)]
+    assert rank_groups(values, lows, highs, lower_better=False) == [(3, 4), (3, 4), (1, 2), (1, 2)]
 
 
 def test_calibrate_says_where_the_method_diverged(db, capsys, tmp_path):
     method = tmp_path / "unstable.py"
     method.write_text(UNSTABLE)
-    assert bench_main(["calibrate", "--method", f"{method}:UnstableNP", *SMALL, "--target", "0.001"]) == 0
+    assert bench_main(["calibrate", "--method", f"{method}:UnstableNP", *SMALL, "--target", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "scale 2          stopped: method 'unstable-np' produced NaN or inf at step 0" in out and "no scale tried met the target" in out
