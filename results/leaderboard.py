@@ -122,7 +122,8 @@ def _display(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 
 def leaderboard_table(store: Store, task: str | None = None, exploratory: bool = False, intervals_as_text: bool = False) -> pd.DataFrame:
-    """All tasks' ranked runs with their metrics (protocol runs only unless `exploratory`), one row per stored run."""
+    """All tasks' ranked runs with their metrics (protocol runs only unless `exploratory`), one row per stored run; each metric
+    as text with its interval (`intervals_as_text`) or as a number beside `<metric>__low` and `<metric>__high`."""
     wide = store.wide(task, intervals=True)
     if not exploratory and not wide.empty:
         wide = wide[wide["protocol"].notna()]
@@ -135,6 +136,7 @@ def leaderboard_table(store: Store, task: str | None = None, exploratory: bool =
     table = pd.concat(frames)
     table["rank_best"], table["rank_worst"] = table["rank_best"].astype(int), table["rank_worst"].astype(int)
     table["params_changed"] = changed_params_column(store, table["method"], table["params"])
+    table["params_json"] = table["params"]
     table["params"] = table["params"].map(_short_params)
     table["protocol"] = table["protocol"].fillna("exploratory")
     table["date"] = pd.to_datetime(table["finished_at"]).dt.strftime("%Y-%m-%d %H:%M")
@@ -143,9 +145,10 @@ def leaderboard_table(store: Store, task: str | None = None, exploratory: bool =
     shown = ["forbidden_rate", "kl_classes", *metric_columns]
     for metric in shown:
         _interval_columns(table, metric)
+    bounds = [] if intervals_as_text else [f"{m}{suffix}" for m in shown for suffix in ("__low", "__high")]
     if intervals_as_text:
         table = _display(table, shown)
-    return table[COLUMNS + metric_columns + ["samples", "steps", "date", "commit", "run_id"]]
+    return table[COLUMNS + metric_columns + ["samples", "steps", "date", "commit", "run_id", "params_json"] + bounds]
 
 
 def _protocol_sampler(sampler_json: object) -> bool:
@@ -188,3 +191,65 @@ def matched_safety_table(store: Store, task: str, target: float = DEFAULT_TARGET
     rows["target"] = target
     rows["quality_metric"] = quality
     return rows
+
+
+# One row of `bench leaderboard --json/--csv` (docs/trust.md, "The leaderboard as data"): these fields, then per metric
+# `<metric>`, `<metric>_low`, `<metric>_high` (null where there is no value or interval).
+RECORD_FIELDS = ("table", "task", "target", "rank", "rank_best", "rank_worst", "method", "params", "params_changed", "scale", "protocol",
+                 "provenance", "safe", "rule", "quality_metric", "samples", "steps", "date", "run_id")
+
+
+def _plain(value: object) -> object:
+    """JSON-ready: NaN and missing become None, numpy scalars Python ones."""
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    return value
+
+
+def metric_names(frame: pd.DataFrame) -> list[str]:
+    """The metrics of a ranked table: the columns that carry `__low` and `__high` beside them."""
+    return [c for c in frame.columns if not c.endswith(("__low", "__high")) and f"{c}__low" in frame and f"{c}__high" in frame]
+
+
+def table_records(frame: pd.DataFrame, table: str, quality_metric: str, target: float | None = None) -> list[dict]:
+    """Rows of a ranked table (matched_safety_table or leaderboard_table without text intervals) as RECORD_FIELDS + metrics."""
+    metrics = metric_names(frame)
+    found = []
+    for row in frame.to_dict("records"):
+        params = row.get("params_json", row.get("params"))
+        record = {"table": table, "task": row.get("task"), "target": target, "rank": row["rank"], "rank_best": int(row["rank_best"]),
+                  "rank_worst": int(row["rank_worst"]), "method": row["method"],
+                  "params": json.loads(params) if isinstance(params, str) and params.startswith("{") else params,
+                  "params_changed": row.get("params_changed", ""), "scale": row.get("scale"), "protocol": row.get("protocol"),
+                  "provenance": row.get("provenance"), "safe": bool(row["safe"]), "rule": row.get("rule"), "quality_metric": quality_metric,
+                  "samples": row.get("samples"), "steps": row.get("steps"), "date": row.get("date"), "run_id": row.get("run_id")}
+        if record["date"] is None and row.get("finished_at") is not None:
+            record["date"] = pd.Timestamp(row["finished_at"]).strftime("%Y-%m-%d %H:%M")
+        if not isinstance(record["protocol"], str) or record["protocol"] == "exploratory":
+            record["protocol"] = None  # null: exploratory, as in `bench runs --json`
+        for metric in metrics:
+            record[metric], record[f"{metric}_low"], record[f"{metric}_high"] = row[metric], row[f"{metric}__low"], row[f"{metric}__high"]
+        found.append({key: _plain(value) for key, value in record.items()})
+    return found
+
+
+def leaderboard_records(store: Store, task: str | None = None, exploratory: bool = False, target: float | None = None) -> list[dict]:
+    """Every row `bench leaderboard` prints, as plain records: per task the matched-safety rows of each calibrated target
+    (or only `target`), then the ranked runs."""
+    runs = leaderboard_table(store, task, exploratory=exploratory)
+    tasks = sorted(set(runs["task"]) if not runs.empty else set()) if task is None else [task]
+    if task is None:
+        calibrations = store.calibrations()
+        tasks = sorted(set(tasks) | set(calibrations["task"]))
+    records: list[dict] = []
+    for name in tasks:
+        quality, _ = headline_of(store, name)
+        for each in ([target] if target is not None else calibrated_targets(store, name)):
+            matched = matched_safety_table(store, name, each)
+            if not matched.empty:
+                records += table_records(matched.assign(task=name), "matched", quality, each)
+        if not runs.empty:
+            records += table_records(runs[runs["task"] == name], "runs", quality)
+    return records
