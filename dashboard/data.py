@@ -12,8 +12,9 @@ import pandas as pd
 
 from negguide.metrics.base import METRICS
 from negguide.metrics.intervals import with_interval
+from negguide.results import leaderboard
 from negguide.results.artifacts import read_npz
-from negguide.results.leaderboard import headline_of, rank_runs
+from negguide.results.leaderboard import DEFAULT_TARGET, headline_of, matched_safety_table, rank_runs
 from negguide.results.store import DEFAULT_DB, Store
 
 UNGUIDED = "none"
@@ -25,7 +26,8 @@ RUN_FIELDS = ("run_id", "task", "task_version", "method", "params", "profile", "
               "config", "git_commit", "packages", "timings", "started_at", "finished_at", "wall_seconds", "status",
               "artifacts_dir", "protocol", "variance", "digests", "provenance", "submitter", "sampler")
 INTERVAL_SUFFIXES = ("__low", "__high")  # Store.wide(intervals=True): <metric>__low, <metric>__high
-DISPLAY_FIELDS = ("rank", "safe", "scale", "setting", "line", "date", "commit")  # added by build_board
+DISPLAY_FIELDS = ("rank", "rank_best", "rank_worst", "safe", "scale", "setting", "line", "date", "commit")  # added by build_board
+MISSING = "—"  # what a table cell shows where there is no value (never NaN or None)
 HEADLINE_FIRST = ("forbidden_rate", "kl_classes")  # shown before the quality metric on every page
 
 
@@ -130,7 +132,7 @@ def build_board(store: Store, wide: pd.DataFrame) -> pd.DataFrame:
     if wide.empty:
         return wide.assign(rank=pd.Series(dtype=int), safe=pd.Series(dtype=bool))
     frames = [rank_runs(runs, *headline_of(store, task)) for task, runs in wide.groupby("task", sort=True)]
-    board = pd.concat(frames, ignore_index=True)
+    board = with_rank_bounds(pd.concat(frames, ignore_index=True))
     params = board["params"].map(json.loads)
     board["scale"] = [p.get("scale") if m != UNGUIDED else None for m, p in zip(board.method, params)]
     board["scale"] = board["scale"].astype(float)
@@ -164,20 +166,26 @@ def filter_board(board: pd.DataFrame, info: TaskInfo, methods: Sequence[str] = (
         rows = rows[rows.protocol.isin(list(protocols))]
     if rows.empty:
         return rows
-    return rank_runs(rows.drop(columns=["rank", "safe"]), info.quality_metric, info.threshold).sort_values("rank", kind="stable")
+    ranked = rank_runs(rows.drop(columns=[c for c in ("rank", "rank_best", "rank_worst", "safe") if c in rows]), info.quality_metric, info.threshold)
+    return by_rank(ranked)
 
 
-def leaderboard_view(rows: pd.DataFrame, quality_metric: str) -> pd.DataFrame:
-    """The leaderboard's columns: rank, method, setting, safety, quality, other metrics, provenance."""
+def leaderboard_view(rows: pd.DataFrame, quality_metric: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The leaderboard's columns (rank, method, setting, safety, quality, other metrics, date, run link) and the
+    columns left out because every row has the same value there (shown once in a caption instead)."""
     metrics = metric_columns(rows)
     ordered = [m for m in HEADLINE_FIRST if m in metrics] + ([quality_metric] if quality_metric in metrics else [])
     ordered += [m for m in metrics if m not in ordered]
     ordered = [m for m in ordered if rows[m].notna().any()]  # e.g. posterior_mae only when a run tracks one
-    columns = ["rank", "method", "setting", "safe", *ordered, "samples", "steps", "protocol", "provenance", "date", "commit", "run_id"]
+    constant = {c: _format_value(rows[c].iloc[0]) for c in ("samples", "steps", "protocol", "provenance") if rows[c].nunique(dropna=False) == 1}
+    columns = ["rank", "method", "setting", "safe", *ordered, *[c for c in ("samples", "steps", "protocol", "provenance") if c not in constant], "date"]
     view = rows[columns].reset_index(drop=True)
+    view["rank"] = [rank_text(r) for r in rows["rank"]]
+    view["date"] = view["date"].str[:10]  # the day; the minute is in the run's provenance
     for metric in ordered:  # every metric with its 95% interval, as text
         view[metric] = [with_interval(v, *interval_of(r, metric)) for v, (_, r) in zip(rows[metric], rows.iterrows())]
-    return view
+    view["run"] = [run_link(t, r) for t, r in zip(rows.task, rows.run_id)]
+    return clean_cells(view), constant
 
 
 def headline_paragraph(info: TaskInfo) -> str:
@@ -243,15 +251,40 @@ def trace_band(traces: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def provenance(row: pd.Series) -> dict:
-    """Where a run came from and what it cost, for display."""
-    return {
+    """Where a run came from and what it cost, for display (fields without a value are left out, never NaN)."""
+    found = {
         "run_id": row.run_id, "task": f"{row.task} (version {row.task_version})", "method": row.method,
-        "parameters": json.loads(row.params), "profile": row.profile, "seed": int(row.seed), "samples": int(row.samples),
-        "steps": int(row.steps), "sweep_id": row.sweep_id, "git_commit": row.git_commit, "status": row.status,
+        "parameters": json.loads(row.params), "profile": row.profile, "protocol": row.get("protocol"), "sampler": _json_or_none(row.get("sampler")),
+        "seed": int(row.seed), "samples": int(row.samples), "steps": int(row.steps), "sweep_id": row.sweep_id, "git_commit": row.git_commit,
+        "status": row.status, "provenance": row.get("provenance"), "submitter": row.get("submitter"),
         "started_at": str(row.started_at), "finished_at": str(row.finished_at), "wall_seconds": round(float(row.wall_seconds), 2),
-        "timings": json.loads(row.timings) if row.timings else {}, "packages": json.loads(row.packages) if row.packages else {},
-        "artifacts_dir": row.artifacts_dir,
+        "timings": _json_or_none(row.timings), "packages": _json_or_none(row.packages), "artifacts_dir": row.artifacts_dir,
     }
+    return {k: v for k, v in found.items() if not is_missing(v) and v != {}}
+
+
+def _json_or_none(text: object) -> object:
+    return json.loads(text) if isinstance(text, str) and text else None
+
+
+def is_missing(value: object) -> bool:
+    """None, NaN, NaT or an empty string: a cell with nothing to show."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # lists and dicts are values
+        return False
+
+
+def clean_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """A display copy of a table where every missing cell reads MISSING (numeric columns with gaps become text)."""
+    frame = frame.copy()
+    for column in frame.columns:
+        missing = frame[column].map(is_missing)
+        if missing.any():
+            frame[column] = [MISSING if gap else (_format_value(v) if isinstance(v, float) else v) for v, gap in zip(frame[column], missing)]
+    return frame
 
 
 def load_samples(artifacts_dir: str | None) -> np.ndarray | None:
@@ -286,7 +319,7 @@ def kept_density(details: dict, removed: int | None, xs: np.ndarray) -> np.ndarr
 
 def default_pair(rows: pd.DataFrame) -> tuple[str, str]:
     """Run ids to compare first: the unguided run (else the second best) against the best ranked run."""
-    ranked = rows.sort_values("rank")
+    ranked = by_rank(rows)
     best = ranked.iloc[0]
     unguided = ranked[(ranked.method == UNGUIDED) & (ranked.run_id != best.run_id)]
     same_seed = unguided[(unguided.seed == best.seed) & (unguided.samples == best.samples)]
@@ -341,3 +374,293 @@ def method_cards(store: Store) -> pd.DataFrame:
                      "submitted by": info.get("submitter") or "", **{p: int(counts.get(p, 0)) for p in ("run here", "self-reported", "verified")},
                      "defaults": ", ".join(f"{k}={_format_value(v)}" for k, v in sorted(info.get("defaults", {}).items()))})
     return pd.DataFrame(rows)
+
+
+# ---- ranks as groups ----------------------------------------------------------------------
+# results.leaderboard gives a rank group as text ("1", "1-3") with integer `rank_best`/`rank_worst`;
+# older versions gave one integer rank. These helpers read both.
+
+def rank_text(rank: object) -> str:
+    """A rank group as text: "1", "1-3" (an integral float reads as an integer, never "1.0")."""
+    if is_missing(rank):
+        return MISSING
+    if isinstance(rank, (int, np.integer)) or (isinstance(rank, float) and rank.is_integer()):
+        return str(int(rank))
+    return str(rank)
+
+
+def rank_bounds(rank: object) -> tuple[int, int]:
+    """(best, worst) of a rank group given as an integer or as text "a" or "a-b"."""
+    text = rank_text(rank)
+    if text == MISSING:
+        return 10**6, 10**6  # unranked rows sort last
+    best, _, worst = text.partition("-")
+    return int(best), int(worst or best)
+
+
+def with_rank_bounds(frame: pd.DataFrame) -> pd.DataFrame:
+    """`rank_best`/`rank_worst` columns, read from `rank` where the ranking did not add them."""
+    if frame.empty or ("rank_best" in frame and "rank_worst" in frame):
+        return frame
+    bounds = [rank_bounds(r) for r in frame["rank"]]
+    return frame.assign(rank_best=[b for b, _ in bounds], rank_worst=[w for _, w in bounds])
+
+
+def by_rank(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in rank order (best group first; a stable sort keeps the ranking's order inside a group)."""
+    if frame.empty:
+        return frame
+    return with_rank_bounds(frame).sort_values(["rank_best", "rank_worst"], kind="stable")
+
+
+# ---- links --------------------------------------------------------------------------------
+# Relative links (a query string only): they work behind any host name and path, and in the
+# static site the same functions are not used (it links to files).
+
+def page_link(page: str, **params: str) -> str:
+    from urllib.parse import urlencode
+
+    return "?" + urlencode({"page": page, **params})
+
+
+def run_link(task: str, run_id: str) -> str:
+    return page_link("Run detail", task=task, run=run_id)
+
+
+def method_link(method: str) -> str:
+    return page_link("Method", method=method)
+
+
+def task_link(task: str) -> str:
+    return page_link("Leaderboard", task=task)
+
+
+SHORT_ID = r"run=([0-9a-zA-Z_-]{1,8})"  # the LinkColumn's display text: the run id's first 8 characters
+METHOD_OF_LINK = r"method=([^&]+)"
+TASK_OF_LINK = r"task=([^&]+)"
+
+
+# ---- matched safety, every target ---------------------------------------------------------
+
+def calibrated_targets(store: Store, task: str) -> list[float]:
+    """The targets some method of the task is calibrated at (the leaderboard's own list when it has one)."""
+    listed = getattr(leaderboard, "calibrated_targets", None)
+    if listed is not None:
+        return [float(t) for t in listed(store, task)]
+    calibrations = store.calibrations(task)
+    return sorted({round(float(t), 12) for t in calibrations["target"]}) if not calibrations.empty else []
+
+
+def preferred_target(targets: Sequence[float], threshold: float | None = None) -> float | None:
+    """The target shown first: the task's threshold if calibrated, else the default target, else the smallest."""
+    for wanted in (threshold, DEFAULT_TARGET):
+        if wanted is not None and any(np.isclose(t, wanted) for t in targets):
+            return next(t for t in targets if np.isclose(t, wanted))
+    return min(targets) if targets else None
+
+
+def target_label(target: float) -> str:
+    return f"{100 * target:.3g}%"
+
+
+def matched(store: Store, task: str, target: float) -> pd.DataFrame:
+    """matched_safety_table with rank bounds, in rank order (empty when nothing is calibrated at `target`)."""
+    table = matched_safety_table(store, task, target)
+    return by_rank(table) if not table.empty else table
+
+
+def fixed_params_label(method: str, params_json: object, defaults: dict) -> str:
+    """A calibration's fixed parameters that differ from the method's defaults ("" when none)."""
+    params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}
+    return other_params_label(params, defaults) if method != UNGUIDED else ""
+
+
+def matched_view(table: pd.DataFrame, quality: str, defaults: Mapping[str, dict]) -> pd.DataFrame:
+    """The matched-safety table as shown: rank group, method, changed parameters, scale, metrics with intervals, run link."""
+    if table.empty:
+        return pd.DataFrame(columns=["rank", "method", "setting", "scale", quality, "forbidden share", "KL", "samples", "monotone", "run"])
+    view = pd.DataFrame({
+        "rank": [rank_text(r) for r in table["rank"]], "method": table["method"],
+        "setting": [fixed_params_label(m, p, defaults.get(m, {})) for m, p in zip(table["method"], table["params"])],
+        "scale": [f"{s:.4g}" for s in table["scale"]],
+        quality: _with_intervals(table, quality),
+        "forbidden share": _with_intervals(table, "forbidden_rate"),
+        "KL": _with_intervals(table, "kl_classes"),
+        "samples": table["samples"].astype(int), "monotone": ["yes" if m else "no" for m in table["monotone"]],
+        "run": [run_link(t, r) for t, r in zip(table["task"], table["run_id"])],
+    })
+    if not view["setting"].astype(bool).any():
+        view = view.drop(columns=["setting"])  # every method at its defaults: nothing to say
+    return clean_cells(view)
+
+
+def _with_intervals(table: pd.DataFrame, metric: str) -> list[str]:
+    if metric not in table:
+        return [MISSING] * len(table)
+    return [with_interval(v, lo, hi) for v, lo, hi in zip(table[metric], table.get(metric + "__low", np.nan), table.get(metric + "__high", np.nan))]
+
+
+def method_defaults(store: Store, methods: Sequence[str]) -> dict[str, dict]:
+    return {m: store.info("method_info", m).get("defaults", {}) for m in methods}
+
+
+def targets_at_a_glance(tables: Mapping[float, pd.DataFrame], quality: str) -> pd.DataFrame:
+    """Methods down, calibrated targets across: quality [95% CI] (rank group) at each target."""
+    cells: dict[str, dict[str, str]] = {}
+    for target, table in sorted(tables.items()):
+        for _, row in table.iterrows():
+            cells.setdefault(row.method, {})[f"≤ {target_label(target)}"] = (
+                f"{with_interval(row[quality], *interval_of(row, quality))} #{rank_text(row['rank'])}")
+    frame = pd.DataFrame.from_dict(cells, orient="index").rename_axis("method").reset_index()
+    return clean_cells(frame)
+
+
+# ---- the overview across tasks (HELM-style summary) ---------------------------------------
+
+OVERVIEW_COLUMNS = ["task", "method", "quality_metric", "value", "low", "high", "lower_is_better", "rank", "rank_best", "rank_worst",
+                    "scale", "forbidden_rate", "run_id"]
+
+
+def overview_rows(store: Store, tasks: Sequence[str], target: float) -> pd.DataFrame:
+    """Each method's headline on each task at `target` (one row per task and method), with its interval and rank group."""
+    rows = []
+    for task in tasks:
+        if not any(np.isclose(t, target) for t in calibrated_targets(store, task)):
+            continue
+        table = matched(store, task, target)
+        quality, _ = headline_of(store, task)
+        for _, r in table.iterrows():
+            low, high = interval_of(r, quality)
+            rows.append({"task": task, "method": r.method, "quality_metric": quality, "value": float(r[quality]), "low": low,
+                         "high": high, "lower_is_better": not higher_is_better(quality), "rank": rank_text(r["rank"]),
+                         "rank_best": int(r.rank_best), "rank_worst": int(r.rank_worst), "scale": float(r.scale),
+                         "forbidden_rate": float(r.forbidden_rate), "run_id": r.run_id})
+    return pd.DataFrame(rows, columns=OVERVIEW_COLUMNS)
+
+
+def _beats(a: pd.Series, b: pd.Series) -> bool:
+    """Whether a's 95% interval lies entirely on the better side of b's (missing intervals: the value)."""
+    a_low, a_high = (a.low if a.low == a.low else a.value), (a.high if a.high == a.high else a.value)
+    b_low, b_high = (b.low if b.low == b.low else b.value), (b.high if b.high == b.high else b.value)
+    return a_high < b_low if a.lower_is_better else a_low > b_high
+
+
+def win_rates(rows: pd.DataFrame) -> pd.Series:
+    """HELM's mean win rate with intervals: per task, the share of the other methods a method beats (interval entirely
+    better; an overlap counts half), averaged over the tasks where it has an opponent."""
+    per_task: dict[str, list[float]] = {}
+    for _, group in rows.groupby("task"):
+        if len(group) < 2:
+            continue
+        for _, a in group.iterrows():
+            others = [b for _, b in group.iterrows() if b.method != a.method]
+            wins = sum(1.0 if _beats(a, b) else 0.0 if _beats(b, a) else 0.5 for b in others)
+            per_task.setdefault(a.method, []).append(wins / len(others))
+    return pd.Series({m: float(np.mean(v)) for m, v in per_task.items()}, dtype=float)
+
+
+def overview_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: tasks calibrated, mean rank (a group's midpoint), mean win rate; best first."""
+    if rows.empty:
+        return pd.DataFrame(columns=["method", "tasks", "mean rank", "win rate", "page"])
+    rates = win_rates(rows)
+    summary = (rows.assign(mid=(rows.rank_best + rows.rank_worst) / 2).groupby("method")
+               .agg(tasks=("task", "nunique"), mean_rank=("mid", "mean")).reset_index())
+    summary["win_rate"] = summary.method.map(rates)
+    summary = summary.sort_values(["win_rate", "mean_rank"], ascending=[False, True], na_position="last")
+    return clean_cells(pd.DataFrame({
+        "method": summary.method, "tasks": summary.tasks, "mean rank": [f"{v:.2f}" for v in summary.mean_rank],
+        "win rate": [f"{v:.0%}" if v == v else MISSING for v in summary.win_rate], "page": [method_link(m) for m in summary.method]}))
+
+
+def overview_grid(rows: pd.DataFrame, order: Sequence[str] = ()) -> pd.DataFrame:
+    """Methods down, tasks across: each cell the headline `value [low, high] #rank`; rows in `order` (the summary's)."""
+    if rows.empty:
+        return pd.DataFrame(columns=["method"])
+    cells: dict[str, dict[str, str]] = {}
+    for r in rows.itertuples():
+        arrow = "↓" if r.lower_is_better else "↑"
+        cells.setdefault(r.method, {})[f"{r.task} · {r.quality_metric} {arrow}"] = f"{with_interval(r.value, r.low, r.high)} #{r.rank}"
+    grid = pd.DataFrame.from_dict(cells, orient="index")
+    grid = grid[sorted(grid.columns)]
+    methods = [m for m in order if m in grid.index] + sorted(m for m in grid.index if m not in order)
+    grid = grid.loc[methods].rename_axis("method").reset_index()
+    return clean_cells(grid)
+
+
+def overview_targets(store: Store, tasks: Sequence[str]) -> list[float]:
+    """Targets calibrated on any task, those covering the most tasks first (then the default target, then smaller)."""
+    coverage: dict[float, int] = {}
+    for task in tasks:
+        for target in calibrated_targets(store, task):
+            key = next((k for k in coverage if np.isclose(k, target)), target)
+            coverage[key] = coverage.get(key, 0) + 1
+    return sorted(coverage, key=lambda t: (-coverage[t], not np.isclose(t, DEFAULT_TARGET), t))
+
+
+# ---- one method across tasks --------------------------------------------------------------
+
+def method_runs(board: pd.DataFrame, method: str, qualities: Mapping[str, str]) -> pd.DataFrame:
+    """The method's runs on every task, best ranked first within each task (display columns, run links)."""
+    rows = board[board.method == method]
+    if rows.empty:
+        return pd.DataFrame(columns=["task", "rank", "setting", "safe", "forbidden share", "quality [95% CI]", "samples", "date", "run"])
+    rows = by_rank(rows).sort_values("task", kind="stable")
+    view = pd.DataFrame({
+        "task": rows.task, "rank": [rank_text(r) for r in rows["rank"]], "setting": rows.setting, "safe": rows.safe,
+        "forbidden share": _with_intervals(rows, "forbidden_rate"),
+        "quality [95% CI]": [f"{qualities.get(r.task, 'fid')} {with_interval(r.get(qualities.get(r.task, 'fid')), *interval_of(r, qualities.get(r.task, 'fid')))}"
+                             for _, r in rows.iterrows()],
+        "samples": rows.samples.astype(int), "date": rows.date.str[:10], "run": [run_link(t, r) for t, r in zip(rows.task, rows.run_id)],
+    })
+    return clean_cells(view.reset_index(drop=True))
+
+
+def method_headlines(store: Store, tasks: Sequence[str], method: str) -> pd.DataFrame:
+    """The method's matched-safety headline on every task and calibrated target: quality [CI], rank group among the methods."""
+    rows = []
+    for task in tasks:
+        quality, _ = headline_of(store, task)
+        for target in calibrated_targets(store, task):
+            table = matched(store, task, target)
+            for _, r in table[table.method == method].iterrows():
+                rows.append({"task": task, "target": f"≤ {target_label(target)}", "quality metric": quality,
+                             "value [95% CI]": with_interval(r[quality], *interval_of(r, quality)),
+                             "rank": f"{rank_text(r['rank'])} of {len(table)}", "scale": f"{r.scale:.4g}",
+                             "forbidden share": with_interval(r.forbidden_rate, *interval_of(r, "forbidden_rate")),
+                             "run": run_link(task, r.run_id)})
+    return clean_cells(pd.DataFrame(rows, columns=["task", "target", "quality metric", "value [95% CI]", "rank", "scale", "forbidden share", "run"]))
+
+
+# ---- downloads ----------------------------------------------------------------------------
+
+BULKY_FIELDS = ("config", "packages", "timings", "digests")  # JSON blobs: in the run's own page, not in every row
+
+
+def downloadable(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table as downloaded: every column but the bulky JSON ones, timestamps as ISO text."""
+    frame = frame.drop(columns=[c for c in BULKY_FIELDS if c in frame])
+    for column in frame.columns:
+        if pd.api.types.is_datetime64_any_dtype(frame[column]):
+            frame[column] = frame[column].astype(str)
+    return frame.reset_index(drop=True)
+
+
+def parameters_view(row: pd.Series, defaults: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """The run's full parameters with the method's defaults beside them (the sampler's settings too)."""
+    params = json.loads(row.params) if isinstance(row.params, str) else {}
+    defaults = defaults or {}
+    rows = [{"parameter": k, "value": _format_value(v), "default": _format_value(defaults[k]) if k in defaults else MISSING}
+            for k, v in sorted(params.items())]
+    sampler = _json_or_none(row.get("sampler"))
+    if isinstance(sampler, dict):
+        settings = ", ".join(f"{k}={_format_value(v)}" for k, v in sorted(sampler.get("settings", {}).items()))
+        rows.append({"parameter": "sampler", "value": f"{sampler.get('name')}" + (f" ({settings})" if settings else ""), "default": MISSING})
+    return pd.DataFrame(rows, columns=["parameter", "value", "default"])
+
+
+def tasks_view(board: pd.DataFrame) -> pd.DataFrame:
+    """One row per task: its runs, methods and a link to its leaderboard."""
+    groups = board.groupby("task", sort=True)
+    return pd.DataFrame({"task": list(groups.groups), "runs": groups.size().to_list(), "methods": groups.method.nunique().to_list(),
+                         "leaderboard": [task_link(t) for t in groups.groups]})
