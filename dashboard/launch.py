@@ -33,14 +33,53 @@ def streamlit_command(db: Path, port: int, host: str) -> list[str]:
 
 
 def launch(db: str | Path | None, port: int = 8501, host: str = "127.0.0.1") -> int:
-    """Run the dashboard until interrupted; an absent store shows the first-run page, not an error."""
+    """Run the dashboard until interrupted; an absent store shows the first-run page, not an error.
+
+    SIGTERM and SIGINT stop the Streamlit child too (and so free the port): a service manager or a
+    container stops `bench dashboard` with SIGTERM, which would otherwise leave Streamlit running."""
     path = Path(db).expanduser().resolve() if db is not None else default_db_path().resolve()
     note = "" if path.is_file() else " (no store there yet: the page says how to fill it)"
     print(f"dashboard on http://{host}:{port} reading {path}{note}; Ctrl-C stops it", flush=True)
+    child = subprocess.Popen(streamlit_command(path, port, host), env={**os.environ, "BENCH_DB": str(path)})
+    return wait_forwarding_stops(child)
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave the wait for the child."""
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_GRACE_SECONDS = 10.0  # Streamlit's own shutdown closes sessions and the socket; it takes well under this
+
+
+def wait_forwarding_stops(child: subprocess.Popen) -> int:
+    """Wait for `child`; on SIGTERM or SIGINT, stop it (SIGTERM, then SIGKILL after a grace period) and return 0."""
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
-        return subprocess.run(streamlit_command(path, port, host), env={**os.environ, "BENCH_DB": str(path)}).returncode
-    except KeyboardInterrupt:  # Ctrl-C reaches streamlit too, which shuts down on its own
+        return child.wait()
+    except _Stop:
+        for sig in STOP_SIGNALS:  # a second Ctrl-C while the child shuts down must not abandon it
+            signal.signal(sig, signal.SIG_IGN)
+        terminate(child)
         return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def terminate(child: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM to the child, SIGKILL if it is still there after `grace` seconds; reaped either way."""
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(grace)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def free_port() -> int:
