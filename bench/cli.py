@@ -665,7 +665,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     calibrated = store.calibrations(args.task)
     tasks = sorted(set(table["task"] if not table.empty else []) | set(calibrated["task"]))
     if not tasks:
-        hint = "" if args.exploratory else " (--exploratory lists runs that satisfy no protocol)"
+        hint = "" if args.exploratory else " (none satisfies a protocol; --exploratory lists the others)"
         print(f"no runs to rank{hint}; fill the store with e.g. `bench run --method dng --task mnist-remove-0`")
         return 0
     for task in tasks:

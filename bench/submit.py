@@ -63,7 +63,8 @@ from negguide.results.bundle import (
     sha256,
     write_bundle,
 )
-from negguide.results.store import CalibrationRecord, RunRecord, Store
+from negguide.results.leaderboard import safe_at
+from negguide.results.store import UPPER95, CalibrationRecord, RunRecord, Store
 
 METRIC_RTOL = 1e-9  # a stated metric must equal the one recomputed from the samples (float round-off only)
 SAMPLE_TOLERANCE = {"f": 1e-6, "u": 1}  # re-drawn vs bundled samples: floats (relative and absolute), uint8 (one intensity level)
@@ -385,14 +386,14 @@ def _calibration(entry: CalibrationEntry, checked: dict[str, Checked], method: s
         value, low, high = c.metric("forbidden_rate")
         points.append({"scale": float(scale), "run_id": c.entry.run_id, "forbidden_rate": value, "interval": [low, high], "reused": False})
     points.sort(key=lambda p: p["scale"])
-    meeting = [p for p in points if p["forbidden_rate"] <= entry.target]
+    meeting = [p for p in points if safe_at(p["interval"][1], entry.target)]  # the one rule: the upper 95% bound (docs/trust.md)
     if not meeting:
         raise BenchError(f"bundle calibration on {entry.task}: no point meets its target {entry.target:g}; nothing to headline")
     chosen = meeting[0]
     monotone = not any(b["interval"][0] > a["interval"][1] for i, a in enumerate(points) for b in points[i + 1:])
-    key = hashlib.sha256(json.dumps([entry.task, entry.target, [p["run_id"] for p in points]]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([entry.task, entry.target, [p["run_id"] for p in points], UPPER95]).encode()).hexdigest()[:12]
     return CalibrationRecord(f"import-{key}", entry.task, method, json.dumps(fixed[0], sort_keys=True), entry.target, chosen["scale"],
-                             chosen["run_id"], monotone, json.dumps(points), created)
+                             chosen["run_id"], monotone, json.dumps(points), created, UPPER95)
 
 
 def _check_suite(manifest: Manifest) -> None:

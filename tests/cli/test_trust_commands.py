@@ -110,4 +110,4 @@ def test_calibrate_says_where_the_method_diverged(db, capsys, tmp_path):
     method.write_text(UNSTABLE)
     assert bench_main(["calibrate", "--method", f"{method}:UnstableNP", *SMALL, "--target", "0.01"]) == 0
     out = capsys.readouterr().out
-    assert "scale 2          stopped: method 'unstable-np' produced NaN or inf at step 0" in out and "no scale tried met the target" in out
+    assert "scale 2          stopped: method 'unstable-np' produced NaN or inf at step 0" in out and "no scale tried was safe at the target" in out
