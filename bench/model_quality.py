@@ -1,14 +1,16 @@
-"""Quality bar of the shipped MNIST DDPM, unguided, against the real digits.
+"""Quality bar of a shipped MNIST model, unguided, against the real digits.
 
-    python -m negguide.bench.model_quality --samples 1000 [--inception] --out docs/mnist-model
+    python -m negguide.bench.model_quality --samples 1000 [--task mnist-pixel-remove-0] [--inception] --out docs/mnist-model
 
-Draws unguided samples through the engine's plan (the quick protocol's chain by default: 50 DDPM steps,
-beta_tilde, seed 0; `--sampler`/`--sampler-param` as for `bench run`) and prints, with
-95% intervals: the share the judge classifies with p > 0.9 (target >= 0.92), the class histogram's KL
-to uniform (target <= 0.01), and the judge-space Fréchet distance to all 5,000 digits; beside them the
-same figures for the judge's 1,000 held-out real digits. `--inception` adds the Inception FID to all
-5,000 digits and its cost. Writes quality.json and an unguided sample grid; the README's model
-figures come from here.
+Draws unguided samples of the task's model (default `mnist-remove-0`, the latent model; the removed class plays
+no part) through the engine's plan (the quick protocol's chain by default: 50 DDPM steps, beta_tilde, seed 0;
+`--sampler`/`--sampler-param` as for `bench run`) and prints, with 95% intervals: the share the judge
+classifies with p > 0.9 (target >= 0.92), the class histogram's KL to uniform (target <= 0.01; its plug-in
+bias is about 9/(2n), so judge it at n >= 1,000), the judge-space Fréchet distance to all 5,000 digits, and
+the share on which two independent judges (an SVM and an MLP, `datasets/mnist_judges.py`) agree (target: as
+often as on real digits); beside them the same figures for real held-out digits (the judge's 1,000 held-out
+digits; the independent judges' own 1,000). `--inception` adds the Inception FID to all 5,000 digits and its
+cost. Writes quality.json and an unguided sample grid; the README's model figures come from here.
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from negguide.bench.run.plan import RunRequest, resolve
 from negguide.bench.run.shards import draw_shard, pick_device, runtime_for
-from negguide.bench.tasks.mnist import ddpm_dir, reference_stats
+from negguide.bench.tasks.mnist import reference_stats
 from negguide.metrics.classes import class_histogram, kl_classes
 from negguide.metrics.frechet import frechet_statistic
 from negguide.metrics.intervals import Statistic
@@ -29,14 +32,16 @@ from negguide.results.artifacts import image_grid_png
 
 CONFIDENT = 0.9
 TARGETS = {"confident_share": (">=", 0.92), "kl_to_uniform": ("<=", 0.01)}
+MODEL_FOLDERS = ("ddpm", "denoiser")  # the task detail that names the diffusion model's folder (pixel, latent)
 
 
-def figures(records: dict) -> dict[str, dict]:
+def figures(records: dict, judges_agree: np.ndarray) -> dict[str, dict]:
     """Each figure of the bar with its 95% interval and sample count."""
     labels = records["label"]
     found = [Statistic.share("confident_share", records["confidence"] > CONFIDENT),
              Statistic("kl_to_uniform", len(labels), lambda i: kl_classes(labels[i], None, 10)),
-             frechet_statistic("fd_judge_all", records["features"], reference_stats(None))]
+             frechet_statistic("fd_judge_all", records["features"], reference_stats(None)),
+             Statistic.share("judges_agree", judges_agree)]
     out = {}
     for statistic in found:
         interval = statistic.interval()
@@ -45,7 +50,7 @@ def figures(records: dict) -> dict[str, dict]:
 
 
 def unguided_samples(request: RunRequest):
-    """Unguided samples of mnist-remove-0's model (the removed class plays no part), drawn shard by shard as a
+    """Unguided samples of the task's model (the removed class plays no part), drawn shard by shard as a
     run's would be but not stored; the resolved run, the runtime, seconds."""
     resolved = resolve(request)
     device = pick_device(resolved.task)
@@ -55,12 +60,23 @@ def unguided_samples(request: RunRequest):
     return torch.cat(parts), resolved, runtime, time.time() - started
 
 
-def real_digit_records(runtime) -> dict:
-    """The judge's records of its own held-out digits (`classifier_test`)."""
+def real_digit_figures(runtime) -> dict[str, dict]:
+    """The bar's figures on real digits: the judge on its own held-out digits (`classifier_test`), the independent
+    judges on theirs. Real digits are judged as images, whatever space the model samples in."""
     from negguide.datasets.mnist import load_mnist, mnist_splits, to_model_range
+    from negguide.datasets.mnist_judges import independent_judges
 
     images, _ = load_mnist()
-    return runtime.records(to_model_range(images[mnist_splits()["classifier_test"]]), ())
+    records = runtime.judge_images(to_model_range(images[mnist_splits()["classifier_test"]]))
+    judges = independent_judges()
+    return figures(records, judges.agree(images[judges.held_out]))
+
+
+def model_summary(details: dict) -> dict:
+    """Training steps and parameter count of the task's diffusion model, from its shipped config.json."""
+    folder = next(Path(details[key]) for key in MODEL_FOLDERS if key in details)
+    config = json.loads((folder / "config.json").read_text())
+    return {"folder": folder.name, "steps": config.get("init_steps", 0) + config["steps_done"], "parameters": config["param_count"]}
 
 
 def verdict(name: str, value: float) -> str:
@@ -73,6 +89,7 @@ def verdict(name: str, value: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="mnist-remove-0", help="an MNIST task whose model to measure (default: the latent model)")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -82,19 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inception", action="store_true", help="also the Inception FID against all 5,000 digits (minutes on a CPU)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    config = json.loads((ddpm_dir() / "config.json").read_text())
     settings = dict(pair.split("=", 1) for pair in args.sampler_param)
-    xt, resolved, runtime, sampling_s = unguided_samples(RunRequest(task="mnist-remove-0", method="none", samples=args.samples, steps=args.steps,
+    xt, resolved, runtime, sampling_s = unguided_samples(RunRequest(task=args.task, method="none", samples=args.samples, steps=args.steps,
                                                                     seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
                                                                     sampler_params=settings))
+    from negguide.datasets.mnist_judges import independent_judges
+
     records = runtime.records(xt, ())
+    images = runtime.to_artifact(xt)
     report = {
-        "model": {"steps": config.get("init_steps", 0) + config["steps_done"], "parameters": config["param_count"]},
+        "task": args.task, "model": model_summary(resolved.task.details()),
         "samples": args.samples, "steps": args.steps, "seed": args.seed, "sampler": resolved.sampler.as_dict(), "sampling_s": round(sampling_s, 1),
         "device": str(runtime.device), "class_histogram": class_histogram(records["label"], 10).tolist(),
-        "generated": figures(records), "real_held_out": figures(real_digit_records(runtime)),
+        "generated": figures(records, independent_judges().agree(images)), "real_held_out": real_digit_figures(runtime),
     }
-    images = runtime.to_artifact(xt)
     if args.inception:
         from negguide.datasets.mnist import load_mnist
         from negguide.metrics.fid import inception_fid

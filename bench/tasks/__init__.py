@@ -24,7 +24,7 @@ from negguide.methods.errors import BenchError
 from negguide.methods.registry import Registry
 
 TASK_GROUP = "negguide.tasks"
-FAMILIES = ("gmm", "gmm_prompts", "mnist", "cifar10", "t2i")
+FAMILIES = ("gmm", "gmm_prompts", "mnist_latent", "mnist", "cifar10", "t2i")
 
 
 @dataclass(frozen=True)

