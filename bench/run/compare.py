@@ -70,7 +70,7 @@ def _nan(value: float | None) -> float:
 def _run_row(store: Store, run_id: str) -> dict:
     rows = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
     if rows.empty:
-        raise BenchError(f"run {run_id} is not in the store {store.path}; `bench leaderboard` lists the stored runs")
+        raise BenchError(f"run {run_id} is not in the store {store.path}; `bench runs` lists the stored runs")
     row = rows.iloc[0].to_dict()
     row["sampler"] = stored_sampler(rows.iloc[0]).label()
     return row
