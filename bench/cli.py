@@ -702,9 +702,10 @@ def print_matched(store, task: str, target: float) -> None:
     print(f"{task}: matched safety at {target:g} (each method at its smallest scale safe at {target:g}), ranked by {quality}")
     rows = [{"rank": r["rank"], "method": r["method"], "params": r["params_changed"], "scale": f"{r['scale']:.6g}",
              **{m: _with_interval_text(r, m) for m in (quality, "forbidden_rate", "kl_classes")},
-             "samples": r["samples"], "id": r["run_id"][:ID_CHARS], **({"rule": "point"} if r["rule"] != "upper95" else {})}
+             "samples": r["samples"], "id": r["run_id"][:ID_CHARS], **({"rule": "point"} if r["rule"] != "upper95" else {}),
+             **({"safe": "yes" if r["safe"] else "no"} if not matched["safe"].all() else {})}  # only old-rule rows can miss it
             for r in matched.to_dict("records")]
-    print(fit_table(rows, ["rank", "method", "params", "scale", quality, "forbidden_rate", "kl_classes", "samples", "id", "rule"],
+    print(fit_table(rows, ["rank", "method", "params", "scale", quality, "forbidden_rate", "kl_classes", "safe", "samples", "id", "rule"],
                     ["samples", "kl_classes"], squeeze="params"))
     if any("rule" in row for row in rows):
         print("rule point: calibrated before the upper-bound rule (on the point estimate); run `bench calibrate` again to apply it")
