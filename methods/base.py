@@ -27,6 +27,8 @@ class Params:
     """Hyperparameters of a method: `scale` (the guidance scale of every method) and the time window."""
 
     added_later: ClassVar[dict[str, Any]] = {}  # parameter -> default left out of run configs (ids made before it stand)
+    # parameter -> the sampler setting it takes when the command line does not set it (where the sampler has that setting)
+    follows_sampler: ClassVar[dict[str, str]] = {}
 
     scale: float = 1.0
     t_low: int = WINDOW_DEFAULTS["t_low"]  # guidance only for training timesteps t_low <= t <= t_high

@@ -33,6 +33,7 @@ MEANS = ("ddpm", "sampler")
 @dataclass(frozen=True)
 class DNGParams(Params):
     added_later = {"means": "ddpm"}  # runs stored before samplers keep their ids
+    follows_sampler = {"variance": "variance"}  # DDPM with beta scores with beta unless told otherwise (the run prints both)
 
     scale: float = 5.0  # lam0 of the paper
     prior: float = 0.25
@@ -40,7 +41,9 @@ class DNGParams(Params):
     delta: float = 0.0  # offset biasing the posterior upwards
     p_min: float = 1e-6
     p_max: float = 0.99
-    variance: str = "beta_tilde"  # sigma^2 of the update: reference code "beta_tilde", Algorithm 2 "beta", or the sampler's step's
+    # sigma^2 of the update: reference code "beta_tilde", Algorithm 2 "beta", or the sampler's step's. Unless set, it
+    # follows DDPM's own `variance` setting (beta_tilde by default); other samplers have none, so beta_tilde stands
+    variance: str = "beta_tilde"
     means: str = "ddpm"  # the two kernels' means: the DDPM ancestral kernel's (tracks best, measured), or the sampler's transition
 
     def validate(self) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from negguide.bench.samplers import SamplerSpec, sampler_class
 from negguide.bench.tasks import Task, TaskOptions, all_tasks, get_task
 from negguide.methods.errors import BenchError
-from negguide.methods.registry import MethodSpec
+from negguide.methods.registry import MethodSpec, method_class
 from negguide.results.bundle import config_run_id
 
 
@@ -118,14 +118,15 @@ def resolve(request: RunRequest) -> ResolvedRun:
     """Validate a request completely before anything runs or is written."""
     task = get_task(request.task, TaskOptions(request.prompts))
     protocol = task.protocol(request.protocol)
-    method = MethodSpec.of(request.method, request.params)
+    sampler = resolve_sampler(request, protocol.sampler)
+    params = {**sampler_followed(request.method, sampler), **task.defaults_for(request.method), **request.params}
+    method = MethodSpec.of(request.method, params)
     _check_provided(method, task, TaskOptions(request.prompts))
     task.preflight(protocol.metrics or task.metrics)
     samples = protocol.samples if request.samples is None else request.samples
     steps = protocol.steps if request.steps is None else request.steps
     batch_size = protocol.batch_size if request.batch_size is None else request.batch_size
     seed = protocol.seed if request.seed is None else request.seed
-    sampler = resolve_sampler(request, protocol.sampler)
     if samples <= 0:
         raise BenchError(f"--samples must be a positive integer, got {samples}")
     lowest = sampler_class(sampler.name).min_steps
@@ -135,6 +136,13 @@ def resolve(request: RunRequest) -> ResolvedRun:
         raise BenchError(f"--batch-size must be a positive integer, got {batch_size}")
     check_run_size(task, samples, steps, seed)
     return ResolvedRun(task, method, request.protocol or task.default_protocol, samples, steps, min(batch_size, samples), seed, sampler, request.sweep_id)
+
+
+def sampler_followed(method: str, sampler: SamplerSpec) -> dict[str, str]:
+    """The method's parameters that take the sampler's settings of the same meaning (`Params.follows_sampler`)."""
+    settings = dict(sampler.settings)
+    follows = method_class(method).Params.follows_sampler
+    return {param: str(settings[setting]) for param, setting in follows.items() if setting in settings}
 
 
 def resolve_sampler(request: RunRequest, default: SamplerSpec) -> SamplerSpec:

@@ -146,6 +146,16 @@ class Task:
     default_device: str | None = None  # None: the GPU when there is one, else the CPU
 
     digests: Callable[[], dict] = nothing  # content digests of the judge and the reference data/statistics
+    # Per-method parameters this task runs with unless the command line sets them (the paper's Table 1 gives them
+    # per dataset; a calibrated scale comes with the command that found it): ((method, ((param, value), ...)), ...)
+    method_defaults: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    # Methods `bench run` shows beside a run at their task defaults, on the same noise (matched safety when both
+    # defaults were calibrated to the same target)
+    compare_with: tuple[str, ...] = ()
+
+    def defaults_for(self, method: str) -> dict[str, str]:
+        """The task's parameters for a registered method ({} for any other)."""
+        return dict(dict(self.method_defaults).get(method, ()))
 
     def protocol(self, name: str | None) -> RunProtocol:
         name = name or self.default_protocol
@@ -179,6 +189,8 @@ class Task:
             "schedule": self.schedule.as_dict(),
             "headline": self.headline(),
             "digests": self.digests(),
+            "method_defaults": {method: dict(values) for method, values in self.method_defaults},
+            "compare_with": list(self.compare_with),
             **self.details(),
         }
 

@@ -169,3 +169,16 @@ def test_submit_carries_the_sampler_into_the_bundle_and_import_resolves_it(tmp_p
     imported = Store(tmp_path / "there" / "b.duckdb")
     assert import_bundle(out, imported) == runs
     assert json.loads(imported.runs().sampler.iloc[0])["name"] == "ddim"
+
+
+def test_dng_scores_with_the_ddpm_samplers_variance_unless_told():
+    """DNG's `variance` follows DDPM's own setting (Params.follows_sampler); an explicit value wins; other samplers
+    have no such setting, so the reference code's beta_tilde stands; the default run's id is the one it always had."""
+    def variance(**request) -> str:
+        return resolve(RunRequest(task="gmm1d-remove-1", method="dng", **request)).method.params["variance"]
+
+    assert variance() == "beta_tilde" and variance(variance="beta") == "beta" and variance(protocol="paper") == "beta"
+    assert variance(variance="beta", params={"variance": "beta_tilde"}) == "beta_tilde"
+    assert variance(sampler="ddim") == variance(sampler="dpm-solver++") == "beta_tilde"
+    assert resolve(RunRequest(task="gmm1d-remove-1", method="dng")).run_id == \
+        resolve(RunRequest(task="gmm1d-remove-1", method="dng", params={"variance": "beta_tilde"})).run_id
