@@ -367,7 +367,7 @@ def run_detail_page(db: Path, rows: pd.DataFrame, task_rows: pd.DataFrame, info:
                    f"(upper end of the forbidden share's interval at most {info.threshold:.1%})")
         st.subheader("Parameters")
         defaults = cached_defaults(str(db), (row.method,)).get(row.method, {})
-        st.dataframe(data.parameters_view(row, defaults), hide_index=True)
+        table(data.parameters_view(row, defaults), f"run-{row.run_id[:8]}-parameters")
         st.subheader("Provenance")
         st.json(data.provenance(row), expanded=1)
         with st.expander("Resolved config"):

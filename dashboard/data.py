@@ -435,6 +435,13 @@ def task_link(task: str) -> str:
     return page_link("Leaderboard", task=task)
 
 
+def parse_run_link(link: str) -> str:
+    """The run id of a run_link."""
+    from urllib.parse import parse_qs, urlparse
+
+    return parse_qs(urlparse(link).query)["run"][0]
+
+
 SHORT_ID = r"run=([0-9a-zA-Z_-]{1,8})"  # the LinkColumn's display text: the run id's first 8 characters
 METHOD_OF_LINK = r"method=([^&]+)"
 TASK_OF_LINK = r"task=([^&]+)"

@@ -45,6 +45,7 @@ class Browser:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.resources = ExitStack()
         self.next_id = 0
+        self.events: list[dict] = []  # DevTools events seen between replies (console messages, exceptions)
         try:
             self.socket = self.resources.enter_context(connect(self._page_socket_url(), max_size=None, open_timeout=30))
         except BaseException:
@@ -71,6 +72,8 @@ class Browser:
         self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
         while True:
             message = json.loads(self.socket.recv(timeout=60))
+            if "method" in message:
+                self.events.append(message)
             if message.get("id") == self.next_id:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
@@ -92,6 +95,33 @@ class Browser:
             now = self.evaluate(READY_JS.format(text=json.dumps(ready_text)))
             if now != size:
                 size, since = now, time.monotonic()
+
+    def load(self, url: str, timeout: float = 60.0) -> None:
+        """Navigate to a plain page and wait until it has loaded."""
+        self.call("Page.navigate", url=url)
+        self.wait_for("document.readyState === 'complete' && location.href !== 'about:blank'", timeout)
+
+    def wait_for(self, condition: str, timeout: float = 60.0) -> None:
+        """Poll a JavaScript condition until it holds."""
+        deadline = time.monotonic() + timeout
+        while not self.evaluate(f"!!({condition})"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{condition!r} did not hold within {timeout:.0f} s")
+            time.sleep(0.25)
+
+    def console_errors(self) -> list[str]:
+        """Console errors and uncaught exceptions since the page's Runtime and Log domains were enabled."""
+        self.evaluate("0")  # drain the events queued so far
+        errors = []
+        for event in self.events:
+            params = event.get("params", {})
+            if event["method"] == "Runtime.exceptionThrown":
+                errors.append(str(params.get("exceptionDetails", {}).get("exception", {}).get("description") or params))
+            elif event["method"] == "Runtime.consoleAPICalled" and params.get("type") == "error":
+                errors.append(" ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", [])))
+            elif event["method"] == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+                errors.append(f"{params['entry'].get('text')} ({params['entry'].get('url', '')})")
+        return errors
 
     def dom(self) -> str:
         return str(self.evaluate("document.documentElement.outerHTML"))
