@@ -118,7 +118,7 @@ def test_gmm_negation_predictions_are_the_forbidden_modes(mixture, removed):
 
 
 def test_tasks_declare_the_new_predictions():
-    for name in ("gmm1d-remove-1", "gmm2d-remove-0", "mnist-remove-0"):
+    for name in ("gmm1d-remove-1", "gmm2d-remove-0", "mnist-pixel-remove-0"):
         task = get_task(name)
         assert {"uncond", "neg", "negation", "negation_logit", "negation_set"} <= set(task.predictions)
         assert task.version == "1"
@@ -138,7 +138,7 @@ def test_mnist_negation_set_and_predictions():
     assert len(split["kept"]) == 3600 and (labels[split["kept"]] != removed).all()
     assert not np.intersect1d(np.concatenate([split["negation"], split["kept"]]), test).size
 
-    runtime = runtime_for(get_task(f"mnist-remove-{removed}"), torch.device("cpu"))
+    runtime = runtime_for(get_task(f"mnist-pixel-remove-{removed}"), torch.device("cpu"))
     kernel = runtime.denoiser.negation
     assert torch.equal(kernel.negation, to_model_range(images[split["negation"]]).reshape(400, -1).double())
     judge_digits = {bytes(d) for d in images[test]}

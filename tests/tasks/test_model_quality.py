@@ -11,10 +11,12 @@ def test_quality_script_reports_each_figure_with_interval_and_real_digits(tmp_pa
     report = json.loads((tmp_path / "quality.json").read_text())
     assert report["samples"] == 12 and sum(report["class_histogram"]) == 12
     for side, n in (("generated", 12), ("real_held_out", 1000)):
-        for name in ("confident_share", "kl_to_uniform", "fd_judge_all"):
+        for name in ("confident_share", "kl_to_uniform", "fd_judge_all", "judges_agree"):
             figure = report[side][name]
             assert figure["n"] == n and figure["low"] <= figure["high"]
     assert report["real_held_out"]["confident_share"]["value"] > 0.9  # the judge on its own held-out digits
+    assert report["real_held_out"]["judges_agree"]["value"] > 0.9  # two independent judges on real digits
+    assert report["task"] == "mnist-remove-0" and report["model"]["folder"] == "mnist-latent"
     assert 0.0 <= report["generated"]["confident_share"]["value"] <= 1.0
     out = capsys.readouterr().out
     assert "target >= 0.92" in out and "target <= 0.01" in out
@@ -32,4 +34,4 @@ def test_quality_script_draws_through_the_engine_with_any_sampler(tmp_path, caps
     # the same samples as a stored run of the unguided method would have: one engine path
     x, *_ = model_quality.unguided_samples(RunRequest(task="mnist-remove-0", method="none", samples=4, steps=3, batch_size=2, sampler="ddim"))
     y, *_ = model_quality.unguided_samples(RunRequest(task="mnist-remove-0", method="none", samples=4, steps=3, batch_size=4, sampler="ddim"))
-    assert x.shape == (4, 1, 28, 28) and (x == y).all()
+    assert x.shape == (4, 4, 7, 7) and (x == y).all()  # the latent model's samples, before decoding

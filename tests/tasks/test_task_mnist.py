@@ -12,7 +12,7 @@ from negguide.bench.tasks.mnist import MnistRuntime
 from negguide.datasets.bundles import CPU_MICRO_BATCH, ConditionalBundle, ForwardPlan
 from negguide.metrics.classes import kl_classes
 
-TINY = ["--task", "mnist-remove-0", "--samples", "6", "--steps", "3", "--batch-size", "4"]
+TINY = ["--task", "mnist-pixel-remove-0", "--samples", "6", "--steps", "3", "--batch-size", "4"]
 
 
 def test_mnist_run_end_to_end(db, capsys):
