@@ -239,7 +239,7 @@ def run_page(site: Site, store: Store, row: pd.Series, info: data.TaskInfo, runs
                     f"protocol {row.protocol}; safe: {'yes' if row.safe else 'no'} (upper end of the forbidden share's interval at most "
                     f"{info.threshold:.1%})"),
             "<h2>Parameters</h2>", html_table(data.parameters_view(row, defaults), 1),
-            "<h2>Provenance</h2>", html_table(_key_values(data.provenance(row)), 1)]
+            "<h2>Provenance</h2>", html_table(_key_values(published_provenance(row)), 1)]
     right = ["<h2>Samples</h2>", _samples_block(site, row)]
     counts = store.class_counts(row.run_id)
     if not counts.empty:
@@ -261,6 +261,11 @@ def trace_chart(band: pd.DataFrame, label: str) -> alt.LayerChart:
     base = alt.Chart(band).encode(x=alt.X("t:Q", title="timestep t (noise increases to the right)"))
     area = base.mark_area(opacity=0.25).encode(y=alt.Y("q05:Q", title=label), y2="q95:Q")
     return alt.layer(area, base.mark_line().encode(y="mean:Q")).properties(width=360, height=200)
+
+
+def published_provenance(row: pd.Series) -> dict:
+    """The run's provenance without the exporting machine's folders (its artifacts are copied beside the page)."""
+    return {k: v for k, v in data.provenance(row).items() if k != "artifacts_dir"}
 
 
 def _key_values(values: dict) -> pd.DataFrame:

@@ -1,67 +1,22 @@
 """The Streamlit dashboard on a store of real small runs: every page, the filters, the ranking, an empty store."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from negguide.bench.cli import main as bench_main
 from negguide.dashboard import data
 from negguide.dashboard.launch import streamlit_command
-from negguide.results.artifacts import image_grid_png, write_bytes_atomic, write_npz_atomic
 from negguide.results.leaderboard import headline_of
-from negguide.results.store import RunRecord, Store
+from negguide.results.store import Store
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
-GMM1D, GMM2D = "gmm1d-remove-1", "gmm2d-remove-0"
-IMAGES = "toy-images-remove-3"  # not a registered task: image pages must work from the store alone
-QUICK = ["--samples", "256", "--steps", "50", "--no-progress"]
-
-
-def _write_image_run(store: Store, method: str, images: np.ndarray) -> None:
-    """An image-task run written the way the runner writes one (for the grid and paired-grid paths)."""
-    run_id = f"toyimages-{method}"
-    folder = store.path.parent / "artifacts" / run_id
-    write_npz_atomic(folder / "samples.npz", x=images)
-    write_bytes_atomic(folder / "grid.png", image_grid_png(images))
-    now = time.time()
-    counts = np.bincount(np.arange(len(images)) % 10, minlength=10)
-    store.write_run(RunRecord(
-        run_id=run_id, task=IMAGES, task_version="1", method=method, params={"scale": 1.0}, profile="quick", seed=0,
-        samples=len(images), steps=10, config={"task": IMAGES}, git_commit=None, packages={}, timings={},
-        started_at=now - 1, finished_at=now, artifacts_dir=str(folder),
-        metrics=[{"name": "forbidden_rate", "value": 0.0 if method == "dng" else 0.1, "higher_is_better": False, "samples": len(images)},
-                 {"name": "fid", "value": 10.0, "higher_is_better": False, "samples": len(images)}],
-        traces={"guidance_scale": {"t": [0, 500, 999], **{q: [0.0, 1.0, 2.0] for q in ("mean", "q05", "q25", "q50", "q75", "q95")}}},
-        class_counts=counts.tolist(),
-    ))
-
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory) -> Path:
-    """Real small runs of NP, DNG, the exact-posterior DNG and unguided sampling on two exact tasks."""
-    path = tmp_path_factory.mktemp("dashboard") / "bench.duckdb"
-    commands = [
-        ["run", "--method", "none", "--task", GMM1D],
-        ["sweep", "--method", "np", "--task", GMM1D, "--param", "scale=0.5,3"],
-        ["sweep", "--method", "dng", "--task", GMM1D, "--param", "scale=2,8"],
-        ["run", "--method", "dng-exact", "--task", GMM1D, "--param", "scale=4"],
-        ["run", "--method", "none", "--task", GMM2D],
-        ["run", "--method", "dng", "--task", GMM2D],
-    ]
-    for command in commands:
-        assert bench_main([*command, "--db", str(path), *QUICK]) == 0
-    store = Store(path)
-    images = np.random.default_rng(0).integers(0, 256, size=(16, 1, 8, 8), dtype=np.uint8)
-    _write_image_run(store, "none", images)
-    guided = images.copy()
-    guided[:5] = 255 - guided[:5]  # five images changed by "guidance"
-    _write_image_run(store, "dng", guided)
-    return path
+GMM1D, GMM2D = "gmm1d-remove-1", "gmm2d-remove-0"  # as in conftest.py's store
+IMAGES = "toy-images-remove-3"
 
 
 @pytest.fixture
@@ -76,49 +31,60 @@ def _no_errors(at: AppTest) -> None:
     assert not at.warning, [w.value for w in at.warning]
 
 
-def _table(at: AppTest) -> pd.DataFrame:
-    return at.dataframe[0].value  # the leaderboard page has one table
+def _runs_table(at: AppTest) -> pd.DataFrame:
+    """The leaderboard's table of every run (the one with a `safe` column; the matched-safety tables come first)."""
+    return next(d.value for d in at.dataframe if "safe" in d.value.columns)
+
+
+def _open(app, **query: str) -> AppTest:
+    at = app()
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at.run()
 
 
 def test_leaderboard_is_ranked_by_the_headline(app, store_path):
-    at = app().run()
+    at = _open(app, page="Leaderboard")
     _no_errors(at)
     assert at.sidebar.selectbox(key="task").value == GMM1D  # tasks in name order
     quality, threshold = headline_of(Store(store_path), GMM1D)
     assert quality == "wasserstein"
-    table = _table(at)
-    assert table["rank"].iloc[0] == 1 and table["rank"].is_monotonic_increasing  # shared ranks where intervals overlap
-    assert set(table.method) == {"none", "np", "dng", "dng-exact"} and len(table) == 6
-    assert {"forbidden_rate", "kl_classes", quality, "posterior_mae", "samples", "protocol", "date", "commit"} <= set(table.columns)
+    table = _runs_table(at)
+    stored = Store(store_path).wide(GMM1D)
+    assert set(table.method) == {"none", "np", "dng", "dng-exact"} and len(table) == len(stored)
+    bounds = [data.rank_bounds(r) for r in table["rank"]]
+    assert bounds[0][0] == 1 and bounds == sorted(bounds)  # rank groups "1", "2-5", in order, never "1.0"
+    assert all(r.replace("-", "").isdigit() for r in table["rank"])
+    assert {"forbidden_rate", "kl_classes", quality, "posterior_mae", "date", "run"} <= set(table.columns)
+    assert any("Every run: samples 256; steps 50" in m.value for m in at.markdown)  # constant columns said once, not repeated
     assert all("[" in text for text in table[quality])  # every value with its 95% interval
     for column in ("forbidden_rate", "kl_classes", quality):  # "value [low, high]" -> value
         table[column] = table[column].map(lambda text: float(text.split(" ")[0]))
     safe = table[table.safe]
     assert not safe.empty, "the fixture should contain a safe run"
     # Rank 1 is the safe run with the best quality; safe runs come first, best quality first; then the safest.
-    assert table.iloc[0].run_id == safe.sort_values(quality).iloc[0].run_id
+    assert table.iloc[0].run == data.run_link(GMM1D, stored.set_index("run_id").loc[[data.parse_run_link(r) for r in safe.run]]
+                                              .sort_values(quality).index[0])
     assert list(table.safe) == sorted(table.safe, reverse=True)
     assert safe[quality].is_monotonic_increasing
     assert table[~table.safe].forbidden_rate.is_monotonic_increasing
     assert any("How this table is ranked" in m.value and f"{threshold:.1%}" in m.value for m in at.markdown)
 
 
-def test_filters_narrow_the_table(app):
-    at = app().run()
-    full = _table(at)
+def test_filters_narrow_the_table(app, store_path):
+    at = _open(app, page="Leaderboard")
+    full = _runs_table(at)
     at.sidebar.multiselect(key="methods").set_value(["dng"]).run()
     _no_errors(at)
-    only_dng = _table(at)
-    assert set(only_dng.method) == {"dng"} and len(only_dng) == 2
-    assert only_dng["rank"].iloc[0] == 1 and len(full) == 6  # ranked among the runs shown
-    at.sidebar.multiselect(key="protocols").set_value(["exploratory"]).run()
-    assert len(_table(at)) == 2
+    only_dng = _runs_table(at)
+    stored = Store(store_path).wide(GMM1D)
+    assert set(only_dng.method) == {"dng"} and len(only_dng) == int((stored.method == "dng").sum())
+    assert data.rank_bounds(only_dng["rank"].iloc[0])[0] == 1 and len(full) == len(stored)  # ranked among the runs shown
     at.sidebar.multiselect(key="methods").set_value(["np", "dng"]).run()
-    assert set(_table(at).method) == {"np", "dng"}
-    at.sidebar.selectbox(key="task").set_value(GMM2D).run()  # that task has no np run: the filter keeps dng only
+    assert set(_runs_table(at).method) == {"np", "dng"}
+    at.sidebar.selectbox(key="task").set_value(GMM2D).run()  # the filter keeps the methods that task has
     _no_errors(at)
-    assert at.sidebar.multiselect(key="methods").value == ["dng"]
-    assert set(_table(at).method) == {"dng"}
+    assert set(_runs_table(at).method) <= {"np", "dng"}
 
 
 @pytest.mark.parametrize("task", [GMM1D, GMM2D, IMAGES])
@@ -129,6 +95,7 @@ def test_every_page_renders(app, task):
         at.sidebar.radio(key="page").set_value(page).run()
         _no_errors(at)
         assert at.header[0].value.endswith(task), page
+        _no_missing_cells(at)
 
 
 def test_run_detail_shows_histogram_and_traces(app, store_path):
@@ -205,7 +172,7 @@ def test_launch_command_passes_the_store():
 
 
 def test_methods_page_lists_cards_with_provenance(app):
-    at = app().run()
+    at = _open(app, page="Overview")
     at.sidebar.radio(key="page").set_value("Methods").run()
     _no_errors(at)
     cards = at.dataframe[0].value
@@ -213,3 +180,135 @@ def test_methods_page_lists_cards_with_provenance(app):
     dng = cards[cards.method == "dng"].iloc[0]
     assert dng["run here"] >= 1 and dng["self-reported"] == 0 and "prior=0.25" in dng["defaults"]
     assert dng["predictions per step"] == "uncond, neg"
+
+
+# ---- the pages of issue 20: overview, targets, method page, links, downloads, clean cells ----
+
+MISSING_TEXT = {"nan", "NaN", "None", "<NA>", "NaT"}
+
+
+def _no_missing_cells(at: AppTest) -> None:
+    """No displayed table has a NaN/None cell (missing values read as data.MISSING)."""
+    for frame in (d.value for d in at.dataframe):
+        bad = [(column, value) for column in frame.columns for value in frame[column] if value is None or str(value) in MISSING_TEXT]
+        assert not bad, f"missing cells in {list(frame.columns)}: {bad[:3]}"
+
+
+def _downloads_per_table(at: AppTest) -> None:
+    """Every table has a CSV and a JSON download."""
+    labels = [b.label for b in at.get("download_button")]
+    assert labels.count("CSV") == labels.count("JSON") == len(at.dataframe), labels
+
+
+def test_overview_across_tasks(app):
+    at = app().run()  # the first page a reader sees
+    _no_errors(at)
+    assert at.header[0].value.startswith("Overview")
+    target = at.selectbox(key="target")
+    assert target.options == ["at most 5%", "at most 2%"]  # 5% is calibrated on both tasks, so it comes first
+    summary, grid = at.dataframe[0].value, at.dataframe[1].value
+    assert set(summary.method) == {"np", "dng"} and list(summary.columns) == ["method", "tasks", "mean rank", "win rate", "page"]
+    assert all(text.endswith("%") for text in summary["win rate"]) and set(summary.tasks) == {2}
+    assert summary.page.iloc[0] == data.method_link(summary.method.iloc[0])  # each row links to its method page
+    assert {f"{GMM1D} · wasserstein ↓", f"{GMM2D} · wasserstein ↓"} <= set(grid.columns)
+    assert all("[" in cell and "#" in cell for cell in grid[f"{GMM1D} · wasserstein ↓"])  # value [95% CI] #rank group
+    assert at.get("vega_lite_chart"), "the headline chart"
+    _no_missing_cells(at)
+    _downloads_per_table(at)
+    target.set_value(0.02).run()
+    assert set(at.dataframe[0].value.method) == {"np"}  # only NP is calibrated at 2%
+    assert at.query_params["target"] == "0.02"
+
+
+def test_target_selector_shows_every_calibrated_target(app):
+    at = _open(app, page="Leaderboard", task=GMM1D, target="0.02")  # a link to one target opens it
+    _no_errors(at)
+    assert at.selectbox(key="target").value == 0.02
+    matched = at.dataframe[0].value
+    assert list(matched.method) == ["np"] and matched["rank"].iloc[0] == "1"
+    glance = at.dataframe[1].value
+    assert {"≤ 2%", "≤ 5%"} <= set(glance.columns) and set(glance.method) == {"np", "dng"}
+    assert glance.set_index("method").loc["dng", "≤ 2%"] == data.MISSING  # not calibrated there: a dash, not NaN
+    at.selectbox(key="target").set_value(0.05).run()
+    assert set(at.dataframe[0].value.method) == {"np", "dng"}
+    _no_missing_cells(at)
+    _downloads_per_table(at)
+
+
+def test_method_page_spans_tasks(app):
+    at = _open(app, page="Method", method="dng")
+    _no_errors(at)
+    assert at.header[0].value == "Method · dng"
+    headlines, runs = at.dataframe[0].value, at.dataframe[1].value
+    assert set(headlines.task) == {GMM1D, GMM2D} and set(headlines.target) == {"≤ 5%"}
+    assert all(r.endswith("of 2") for r in headlines["rank"])  # rank group among the methods calibrated there
+    assert set(runs.task) == {GMM1D, GMM2D, IMAGES}
+    _no_missing_cells(at)
+    _downloads_per_table(at)
+    assert at.query_params["method"] == "dng"
+
+
+def test_unknown_task_in_the_url_says_so(app):
+    at = _open(app, page="Leaderboard", task="gmm1d-remove-7")
+    assert not at.exception
+    assert "gmm1d-remove-7" in at.error[0].value and f"Did you mean **{GMM1D}**" in at.error[0].value
+    assert not at.header  # no other task's leaderboard in its place
+    assert at.query_params["task"] == "gmm1d-remove-7"
+    at.sidebar.selectbox(key="task").set_value(GMM2D).run()  # choosing a task answers it
+    assert not at.error and at.header[0].value.endswith(GMM2D)
+
+
+def test_rows_link_to_their_run(app, store_path):
+    at = _open(app, page="Leaderboard", task=GMM1D, target="0.05")
+    link = at.dataframe[0].value.run.iloc[0]  # the matched-safety winner: a calibration run
+    run_id = data.parse_run_link(link)
+    assert run_id in set(Store(store_path).wide(GMM1D).run_id)
+    at = _open(app, **{k: v[0] for k, v in parse_qs(link[1:]).items()})
+    _no_errors(at)
+    assert at.selectbox(key="run").value == run_id  # even when the protocol filter would hide it
+    at = _open(app, page="Run detail", task=GMM1D, run=run_id[:6])  # a prefix works too
+    assert at.selectbox(key="run").value == run_id
+    at = _open(app, page="Run detail", task=GMM1D, run="zzzzzz")
+    assert "zzzzzz" in at.error[0].value
+
+
+def test_run_detail_provenance_has_no_nan(app, store_path):
+    store = Store(store_path)
+    unswept = store.wide(GMM1D).query("method == 'dng-exact'").run_id.iloc[0]  # a run outside any sweep
+    at = _open(app, page="Run detail", task=GMM1D, run=unswept)
+    _no_errors(at)
+    provenance = at.json[0].value
+    assert "NaN" not in provenance and "null" not in provenance and '"sweep_id"' not in provenance
+    _no_missing_cells(at)
+    _downloads_per_table(at)
+
+
+def test_curves_chart_symlog_labels_and_palette(store_path):
+    from negguide.dashboard import plots
+    from negguide.results.palette import METHOD_COLOURS
+
+    store = Store(store_path)
+    info = data.task_info(store, GMM1D)
+    points = data.curve_points(data.filter_board(data.load_board(store), info), info.quality_metric)
+    spec = plots.curves_chart(points, info.quality_metric, info.threshold).to_dict()
+    text = str(spec)
+    assert "'type': 'symlog'" in text and "'mark': {'type': 'text'" in text  # log-like safety axis, scale labels drawn
+    assert plots.STAR in text  # the star the caption promises
+    colour = next(layer["encoding"]["color"] for layer in spec["hconcat"][0]["layer"] if "color" in layer.get("encoding", {}))
+    assert dict(zip(colour["scale"]["domain"], colour["scale"]["range"]))["dng"] == METHOD_COLOURS["dng"]
+
+
+def test_palette_is_fixed_and_deterministic():
+    from negguide.results.palette import FALLBACK_COLOURS, UNGUIDED_COLOUR, colour_scale, method_colour
+
+    assert method_colour("dng") == "#e15759" and method_colour("none") == UNGUIDED_COLOUR
+    assert method_colour("my-method") == method_colour("my-method") in FALLBACK_COLOURS
+    assert colour_scale(["np", "dng", "np"]) == (["dng", "np"], [method_colour("dng"), method_colour("np")])
+
+
+def test_pure_rank_helpers():
+    assert data.rank_text(1.0) == "1" and data.rank_text("2-4") == "2-4" and data.rank_text(None) == data.MISSING
+    assert data.rank_bounds("2-4") == (2, 4) and data.rank_bounds(3) == (3, 3)
+    frame = pd.DataFrame({"rank": ["2-4", "1", "1-3"]})
+    assert list(data.by_rank(frame)["rank"]) == ["1", "1-3", "2-4"]
+    assert list(data.clean_cells(pd.DataFrame({"a": [1.5, np.nan], "b": [None, "x"]})).iloc[1]) == [data.MISSING, "x"]
