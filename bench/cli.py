@@ -437,24 +437,50 @@ def _with_baseline(args: argparse.Namespace, outcome, baseline) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from negguide.bench.run.beside import beside_requests
+
     request = _request(args, _key_values(args.param))
     with_baseline = not args.no_baseline and request.method != "none"
-    outcomes = _execute(args, [request, replace(request, method="none", params={})] if with_baseline else [request])
+    others = beside_requests(request) if with_baseline else []
+    outcomes = _execute(args, [request, replace(request, method="none", params={}), *others] if with_baseline else [request])
     if not with_baseline:
         _print_result(outcomes[0].result, args.json, outcomes[0].reused)
         return 0
-    result = _with_baseline(args, *outcomes)
+    result = _with_baseline(args, outcomes[0], outcomes[1])
+    result["beside"] = [_beside(args, outcomes[0], other) for other in outcomes[2:]]
     if args.json:
         print(json.dumps(result, sort_keys=True))
         return 0
     from negguide.bench.run.compare import MetricComparison, comparison_table
 
     _print_result(outcomes[0].result, False, outcomes[0].reused)
-    print(f"beside the unguided run {result['baseline']['run_id']} on the same noise (* : the paired 95% interval excludes 0):")
+    print(f"beside the unguided run {result['baseline']['run_id'][:ID_CHARS]} on the same noise (* : the paired 95% interval excludes 0):")
     rows = [MetricComparison.from_dict(row) for row in result["baseline"]["comparison"]]
     print(comparison_table(rows, "unguided [95% CI]", "this run [95% CI]"))
     print(result["baseline"]["summary"])
+    for other in result["beside"]:
+        print(f"\nbeside {other['method']} at this task's defaults ({other['params']}), run {other['run_id'][:ID_CHARS]}, on the same noise"
+              f"{'; ' + other['defaults_source'] if other['defaults_source'] else ''}:")
+        rows = [MetricComparison.from_dict(row) for row in other["comparison"]]
+        print(comparison_table(rows, f"{other['method']} [95% CI]", f"{result['method']} [95% CI]"))
+        print(other["summary"])
     return 0
+
+
+def _beside(args: argparse.Namespace, outcome, other) -> dict:
+    """Another method's run on the same noise at the task's defaults, compared with this run (other = a, this = b)."""
+    from negguide.bench.run.beside import defaults_label, matched_sentence
+    from negguide.bench.run.compare import compare_runs
+    from negguide.bench.tasks import get_task
+    from negguide.results.leaderboard import headline_of
+
+    store = _store(args)
+    rows = compare_runs(store, other.run_id, outcome.run_id)
+    task, method, this = outcome.result["task"], other.result["method"], outcome.result["method"]
+    quality, _ = headline_of(store, task)
+    return {"method": method, "run_id": other.run_id, "reused": other.reused, "params": defaults_label(task, method),
+            "defaults_source": get_task(task).defaults_source, "comparison": [row.as_dict() for row in rows],
+            "summary": matched_sentence(rows, this, method, quality)}
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

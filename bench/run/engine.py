@@ -206,7 +206,7 @@ def stored_result(store: Store, run_id: str) -> dict:
     """The JSON result of a stored run (what `bench run --json` prints)."""
     runs = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
     if runs.empty:
-        raise BenchError(f"run {run_id} is not in the store {store.path}; `bench leaderboard` lists the stored runs")
+        raise BenchError(f"run {run_id} is not in the store {store.path}; `bench runs` lists the stored runs")
     run = runs.iloc[0]
     metrics = store.metrics([run_id])
     timings = json.loads(run.timings) if run.timings else {}
@@ -216,7 +216,7 @@ def stored_result(store: Store, run_id: str) -> dict:
         "task_version": run.task_version,
         "method": run.method,
         "params": json.loads(run.params),
-        "profile": run.profile,
+        "defaults_protocol": run.profile,  # the protocol whose samples, steps and seed filled what the command left out
         "samples": int(run.samples),
         "steps": int(run.steps),
         "seed": int(run.seed),

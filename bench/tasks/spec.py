@@ -152,6 +152,7 @@ class Task:
     # Methods `bench run` shows beside a run at their task defaults, on the same noise (matched safety when both
     # defaults were calibrated to the same target)
     compare_with: tuple[str, ...] = ()
+    defaults_source: str = ""  # where the per-method defaults come from (the calibration command, the paper's table)
 
     def defaults_for(self, method: str) -> dict[str, str]:
         """The task's parameters for a registered method ({} for any other)."""
@@ -191,6 +192,7 @@ class Task:
             "digests": self.digests(),
             "method_defaults": {method: dict(values) for method, values in self.method_defaults},
             "compare_with": list(self.compare_with),
+            "defaults_source": self.defaults_source,
             **self.details(),
         }
 
