@@ -67,7 +67,7 @@ def result_of(store: Store, run_id: str) -> dict:
 def is_smallest(calibration: Calibration, tolerance: float) -> str:
     """Whether the chosen scale is bracketed from below within the tolerance (a budget-limited search may stop before)."""
     chosen = calibration.chosen
-    below = [p.scale for p in calibration.points if p.scale < chosen.scale and p.forbidden > calibration.target]
+    below = [p.scale for p in calibration.points if p.scale < chosen.scale and not p.meets(calibration.target)]
     return "yes" if below and (chosen.scale - max(below)) / chosen.scale <= tolerance + 1e-9 else "not established"
 
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     exploratory = "" if run.protocol else " (not the protocol's own steps or sampler: exploratory runs)"
     lines = [f"# Results: {args.task} at matched safety", "", "Regenerate with:", "", "```", command, "```", "",
              f"Protocol `{args.protocol}`: {run.samples} samples, {run.steps} steps of the sampler `{run.sampler.label()}`, seed {run.seed}"
-             f"{exploratory}. Each method is calibrated to the smallest guidance scale whose forbidden share is at most the "
+             f"{exploratory}. Each method is calibrated to the smallest guidance scale whose forbidden share's upper 95% bound is at most the "
              f"target (bracketing, then bisection to {args.tolerance:.0%} or {args.max_runs} runs; `bench calibrate`). Values are `value [95% interval]`: Wilson for shares, "
              f"bootstrap over samples otherwise. Quality metric: `{quality}`.", ""]
     for target in targets:
