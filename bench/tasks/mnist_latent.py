@@ -47,6 +47,11 @@ PROTOCOLS = {
 }
 
 
+# The paper's MNIST parameters for DNG (Table 1: prior 0.25, tau 0.25, delta 0); scales calibrated on mnist-remove-0.
+METHOD_DEFAULTS: tuple = ()
+DEFAULTS_SOURCE = ""
+
+
 def autoencoder_dir() -> Path:
     return Path(os.environ.get("BENCH_MNIST_AUTOENCODER", WEIGHTS / "mnist-autoencoder"))
 
@@ -124,7 +129,8 @@ def _task(removed: int) -> Task:
                    "(guidance in its 4x7x7 latent space, judged on decoded digits)")
     return class_removal("mnist", removed, MnistLatentRuntime, version=VERSION, description=description, shape=(4, 7, 7), n_classes=N_CLASSES,
                          metrics=METRICS, protocols=PROTOCOLS, details=partial(_details, removed), preflight=preflight, resources=_resources,
-                         digests=partial(_digests, removed), predictions=PREDICTIONS, quality_metric="fid_classifier", safety_threshold=0.01)
+                         digests=partial(_digests, removed), predictions=PREDICTIONS, quality_metric="fid_classifier", safety_threshold=0.01,
+                         method_defaults=METHOD_DEFAULTS, compare_with=("np",), defaults_source=DEFAULTS_SOURCE)
 
 
 def tasks(options: object = None) -> Iterable[Task]:

@@ -76,9 +76,26 @@ def test_the_negation_set_is_the_removed_digits_encoded(latent_env):
     assert runtime.to_artifact(z).shape == (3, 1, 28, 28)
 
 
-def test_missing_latent_model_is_one_line_exit_2(db, capsys, tmp_path, monkeypatch):
+def test_missing_latent_model_is_one_line_exit_2(db, capsys, tmp_path, monkeypatch, latent_env):
     monkeypatch.setenv("BENCH_MNIST_LATENT", str(tmp_path / "nowhere"))
     assert bench_main(["run", "--method", "dng", *TINY]) == 2
     err = capsys.readouterr().err
     assert "missing MNIST model files" in err and "train_mnist_latent denoiser" in err and err.count("\n") == 1
     assert not db.exists()
+
+
+def test_the_first_command_shows_np_at_the_tasks_defaults_beside_dng_and_unguided(db, capsys, latent_env):
+    """`bench run --method dng --task mnist-remove-0`: DNG at the task's defaults, beside unguided sampling and beside
+    NP at its task default on the same noise, each with a paired comparison and one sentence."""
+    result = run_json(capsys, "--method", "dng", *TINY, baseline=True)
+    task = get_task("mnist-remove-0")
+    assert task.compare_with == ("np",) and result["params"]["scale"] == float(task.defaults_for("dng").get("scale", 5.0))
+    (beside,) = result["beside"]
+    assert beside["method"] == "np" and beside["run_id"] not in (result["run_id"], result["baseline"]["run_id"])
+    assert {row["metric"] for row in beside["comparison"]} == {"forbidden_rate", "kl_classes", "fid_classifier"}
+    assert beside["summary"].startswith("On the same noise, dng against np: ")
+    assert bench_main(["run", "--method", "dng", *TINY, "--no-progress"]) == 0  # the same command, as text: reused runs
+    out = capsys.readouterr().out
+    assert "beside the unguided run" in out and "beside np at this task's defaults" in out and "On the same noise, dng against np" in out
+    hand_set = run_json(capsys, "--method", "dng", *TINY, "--param", "scale=2", baseline=True)
+    assert hand_set["beside"] == []  # a hand-set scale is at matched safety with nothing
