@@ -43,3 +43,6 @@ def run_json(capsys, *args: str, baseline: bool = False) -> dict:
     out = capsys.readouterr().out
     assert code == 0, out
     return json.loads(out)
+
+
+from dashboard_store import store_path  # noqa: E402,F401  (the dashboard tests' shared store, built once when asked for)

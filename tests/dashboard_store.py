@@ -1,4 +1,6 @@
-"""One small store for every dashboard test: real runs on two exact tasks, calibrations at two targets, two image runs."""
+"""The dashboard tests' store (a fixture of tests/conftest.py): real runs on two exact tasks, calibrations at two targets, two image runs.
+
+Not a conftest.py of its own: test modules import helpers `from conftest import ...`, and two conftest modules would clash."""
 from __future__ import annotations
 
 import time
