@@ -47,9 +47,21 @@ PROTOCOLS = {
 }
 
 
-# The paper's MNIST parameters for DNG (Table 1: prior 0.25, tau 0.25, delta 0); scales calibrated on mnist-remove-0.
-METHOD_DEFAULTS: tuple = ()
-DEFAULTS_SOURCE = ""
+# DNG runs with the paper's MNIST parameters (Table 1: prior 0.25, tau 0.25, delta 0). Scales for a 1% forbidden share (its
+# upper 95% bound) on the quick protocol, per digit where measured: DNG's is calibrated (`bench calibrate --method dng
+# --task mnist-remove-0 --target 0.01 --tolerance 0.1`: 2.03125, forbidden 0.10% [0.02, 0.55]); NP's default scale 1
+# meets the target too (0.10% [0.02, 0.55]) but its smallest such scale was not searched yet.
+PAPER_DNG = (("prior", "0.25"), ("tau", "0.25"), ("delta", "0.0"))
+CALIBRATED_SCALES: dict[int, dict[str, str]] = {0: {"dng": "2.03125", "np": "1"}}
+CALIBRATED = ("both meet a 1% forbidden share (upper 95% bound) on the quick protocol: DNG's scale is its calibrated smallest, "
+              "NP's scale 1 is not yet shown to be its smallest")
+UNCALIBRATED = "DNG with the paper's MNIST parameters; scales are the methods' own defaults (not calibrated for this digit)"
+
+
+def method_defaults(removed: int) -> tuple:
+    scales = CALIBRATED_SCALES.get(removed, {})
+    dng = ((("scale", scales["dng"]),) if "dng" in scales else ()) + PAPER_DNG
+    return (("dng", dng), *((method, (("scale", scale),)) for method, scale in scales.items() if method != "dng"))
 
 
 def autoencoder_dir() -> Path:
@@ -130,7 +142,8 @@ def _task(removed: int) -> Task:
     return class_removal("mnist", removed, MnistLatentRuntime, version=VERSION, description=description, shape=(4, 7, 7), n_classes=N_CLASSES,
                          metrics=METRICS, protocols=PROTOCOLS, details=partial(_details, removed), preflight=preflight, resources=_resources,
                          digests=partial(_digests, removed), predictions=PREDICTIONS, quality_metric="fid_classifier", safety_threshold=0.01,
-                         method_defaults=METHOD_DEFAULTS, compare_with=("np",), defaults_source=DEFAULTS_SOURCE)
+                         method_defaults=method_defaults(removed), compare_with=("np",),
+                         defaults_source=CALIBRATED if removed in CALIBRATED_SCALES else UNCALIBRATED)
 
 
 def tasks(options: object = None) -> Iterable[Task]:
