@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from negguide.bench import model_quality
 
 
@@ -34,4 +36,6 @@ def test_quality_script_draws_through_the_engine_with_any_sampler(tmp_path, caps
     # the same samples as a stored run of the unguided method would have: one engine path
     x, *_ = model_quality.unguided_samples(RunRequest(task="mnist-remove-0", method="none", samples=4, steps=3, batch_size=2, sampler="ddim"))
     y, *_ = model_quality.unguided_samples(RunRequest(task="mnist-remove-0", method="none", samples=4, steps=3, batch_size=4, sampler="ddim"))
-    assert x.shape == (4, 4, 7, 7) and (x == y).all()  # the latent model's samples, before decoding
+    # the latent model's samples, before decoding; shards of 2 and 4 rows agree to float rounding, not bit for bit
+    # (the latent UNet's kernels round differently by batch size: a known gap, issue 19's note)
+    assert x.shape == (4, 4, 7, 7) and torch.allclose(x, y, rtol=0, atol=1e-4)
