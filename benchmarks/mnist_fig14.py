@@ -5,8 +5,10 @@
 
 For each digit K (in order) it runs `bench report --task mnist-remove-K` (every method calibrated to each target
 under the rule of `bench calibrate`, every run stored in STORE, so an interrupted command resumes where it
-stopped: finished runs are reused), which writes the digit's page OUT/mnist-remove-K/README.md; after each digit
-it rewrites the summary OUT/README.md and the figure OUT/fig14.png (the paper's layout: KL on top, the task's
+stopped: finished runs are reused), which writes the digit's page OUT/mnist-remove-K/README.md, and keeps the digit's
+matched runs with their paired differences to DNG in OUT/mnist-remove-K/matched.csv; a digit whose file already holds every
+method at every target is skipped (`--redo` runs it again), so the work of an earlier machine whose store is gone stays. After
+each digit it rewrites the summary OUT/README.md and the figure OUT/fig14.png (the paper's layout: KL on top, the task's
 Fréchet distance below, one column per digit, each method's value at each target with its 95% interval), and with
 `--commit` commits OUT to git, so a long background run keeps what it has done. The summary says, per digit and
 target, which method is best on each metric and whether its paired difference to DNG (same noise) excludes 0.
@@ -19,17 +21,18 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from negguide.bench.report import main as report_main  # noqa: E402
-from negguide.bench.run.compare import compare_runs  # noqa: E402
-from negguide.metrics.intervals import with_interval  # noqa: E402
-from negguide.results.leaderboard import headline_of, matched_safety_table  # noqa: E402
-from negguide.results.palette import method_colour  # noqa: E402
-from negguide.results.store import Store  # noqa: E402
+from negguide.bench.report import main as report_main
+from negguide.bench.run.compare import compare_runs
+from negguide.metrics.intervals import with_interval
+from negguide.results.leaderboard import matched_safety_table
+from negguide.results.palette import method_colour
+from negguide.results.store import Store
 
 REFERENCE = "dng"
 METRICS = ("kl_classes", "fid_classifier")
@@ -43,14 +46,29 @@ def digits_of(text: str) -> list[int]:
     return [int(part) for part in text.split(",")]
 
 
+COLUMNS = ("task", "target", "method", "scale", "run_id", "safe", "forbidden_rate")
+
+
 def matched_rows(store: Store, task: str, targets: list[float], protocol: str) -> pd.DataFrame:
-    """Each method's calibrated run per target on `protocol`, with its metrics and intervals."""
+    """Each method's calibrated run per target on `protocol`, with its metrics, their intervals, and per metric
+    its paired difference to DNG's run at the same target (`<metric>__diff`, `__diff_low`, `__diff_high`, `__significant`)."""
     frames = []
     for target in targets:
         rows = matched_safety_table(store, task, target)
-        if not rows.empty:
-            frames.append(rows[rows["protocol"] == protocol].assign(task=task, target=target))
-    return pd.concat(frames) if frames else pd.DataFrame()
+        if rows.empty:
+            continue
+        rows = rows[rows["protocol"] == protocol].assign(task=task, target=target)
+        for metric in METRICS:
+            differences = significance(store, rows, metric)
+            for index, suffix in enumerate(("__diff", "__diff_low", "__diff_high", "__significant")):
+                rows[metric + suffix] = [differences.get(method, (None,) * 4)[index] for method in rows["method"]]
+        frames.append(rows)
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames)
+    wanted = [*COLUMNS, "forbidden_rate__low", "forbidden_rate__high"]
+    wanted += [m + suffix for m in METRICS for suffix in ("", "__low", "__high", "__diff", "__diff_low", "__diff_high", "__significant")]
+    return table[[c for c in wanted if c in table.columns]].reset_index(drop=True)
 
 
 def significance(store: Store, rows: pd.DataFrame, metric: str) -> dict[str, tuple[float, float, float, bool]]:
@@ -63,33 +81,75 @@ def significance(store: Store, rows: pd.DataFrame, metric: str) -> dict[str, tup
         for comparison in compare_runs(store, reference["run_id"].iloc[0], row.run_id):
             if comparison.name == metric:
                 interval = comparison.difference_interval
-                found[row.method] = (comparison.difference, interval.low, interval.high, comparison.significant)
+                found[row.method] = (comparison.difference, interval.low, interval.high, bool(comparison.significant))
     return found
 
 
-def summary_lines(store: Store, table: pd.DataFrame, targets: list[float]) -> list[str]:
+def digit_file(out: Path, digit: int) -> Path:
+    """The digit's matched runs and paired differences, kept in the repository: the summary is rebuilt from these
+    files, so a digit finished in an earlier session (whose store is gone) stays in it."""
+    return out / f"mnist-remove-{digit}" / "matched.csv"
+
+
+def digit_done(out: Path, digit: int, methods: list[str], targets: list[float]) -> bool:
+    """True when the digit's file holds every method at every target."""
+    path = digit_file(out, digit)
+    if not path.exists():
+        return False
+    rows = pd.read_csv(path)
+    return all(((rows["method"] == m) & np.isclose(rows["target"], t)).any() for m in methods for t in targets)
+
+
+def summary_lines(table: pd.DataFrame, targets: list[float]) -> list[str]:
     """Per digit and target: the best method on each metric, and each method's paired difference to DNG."""
     lines = []
     for task, by_task in table.groupby("task", sort=False):
         lines += [f"## {task}", "", f"Page: [{task}/README.md]({task}/README.md)", ""]
         for target in targets:
-            rows = by_task[by_task["target"] == target]
+            rows = by_task[np.isclose(by_task["target"], target)]
             if rows.empty:
                 continue
             lines += [f"Target {target:g} (forbidden share's upper 95% bound at most the target):", ""]
             records = []
             for metric in METRICS:
                 best = rows.sort_values(metric).iloc[0]
-                differences = significance(store, rows, metric)
-                for row in rows.itertuples():
-                    diff = differences.get(row.method)
-                    records.append({"metric": metric, "method": row.method, "scale": getattr(row, "scale"),
-                                    "value": with_interval(getattr(row, metric), getattr(row, metric + "__low"), getattr(row, metric + "__high")),
-                                    "best": "best" if row.method == best["method"] else "",
-                                    f"minus {REFERENCE} (paired)": "" if diff is None else f"{diff[0]:+.4g} [{diff[1]:.4g}, {diff[2]:.4g}]"
-                                    + (" significant" if diff[3] else "")})
+                for row in rows.to_dict("records"):
+                    diff = row.get(metric + "__diff")
+                    paired = "" if diff is None or pd.isna(diff) else (
+                        f"{diff:+.4g} [{row[metric + '__diff_low']:.4g}, {row[metric + '__diff_high']:.4g}]"
+                        + (" significant" if bool(row[metric + "__significant"]) else ""))
+                    records.append({"metric": metric, "method": row["method"], "scale": row["scale"],
+                                    "value": with_interval(row[metric], row[metric + "__low"], row[metric + "__high"]),
+                                    "best": "best" if row["method"] == best["method"] else "",
+                                    f"minus {REFERENCE} (paired)": paired})
             lines += [pd.DataFrame(records).to_markdown(index=False), ""]
     return lines
+
+
+def claim_lines(table: pd.DataFrame, targets: list[float]) -> list[str]:
+    """The paper's claim, digit by digit and target by target: DNG has a lower KL and Fréchet distance than each other
+    method; 'holds' when every paired difference (other minus DNG) is positive and excludes 0, 'reversed' when one is
+    negative and excludes 0, 'not resolved' otherwise."""
+    records = []
+    for (task, target), rows in table.groupby(["task", "target"], sort=False):
+        others = rows[rows["method"] != REFERENCE]
+        if others.empty or not (rows["method"] == REFERENCE).any():
+            continue
+        record = {"task": task, "target": f"{target:g}"}
+        for metric in METRICS:
+            diffs, significant = others[metric + "__diff"].astype(float), others[metric + "__significant"].fillna(False).astype(bool)
+            if ((diffs < 0) & significant).any():
+                record[metric] = "reversed: " + ", ".join(others["method"][(diffs < 0) & significant]) + " better"
+            elif ((diffs > 0) & significant).all():
+                record[metric] = "holds"
+            else:
+                record[metric] = "not resolved: " + ", ".join(others["method"][~((diffs > 0) & significant)])
+        records.append(record)
+    if not records:
+        return []
+    return ["## Does the paper's claim hold?", "",
+            f"DNG better than every other method on the metric, paired on the same noise at the same target ({', '.join(f'{t:g}' for t in targets)}):",
+            "", pd.DataFrame(records).to_markdown(index=False), ""]
 
 
 def draw(table: pd.DataFrame, digits: list[int], out: Path) -> str:
@@ -122,18 +182,23 @@ def draw(table: pd.DataFrame, digits: list[int], out: Path) -> str:
     return name
 
 
-def write_summary(store: Store, out: Path, args: argparse.Namespace, done: list[int], targets: list[float]) -> None:
-    table = pd.concat([matched_rows(store, f"mnist-remove-{k}", targets, args.protocol) for k in done] or [pd.DataFrame()])
+def write_summary(out: Path, args: argparse.Namespace, targets: list[float]) -> list[int]:
+    """OUT/README.md and OUT/fig14.png from every digit's file in OUT; the digits it found."""
+    done = [k for k in range(10) if digit_file(out, k).exists()]
+    table = pd.concat([pd.read_csv(digit_file(out, k)) for k in done]) if done else pd.DataFrame()
     picture = draw(table, done, out)
-    quality, _ = headline_of(store, f"mnist-remove-{done[0]}")
-    command = f"python benchmarks/mnist_fig14.py --out {args.out} --protocol {args.protocol} --targets {args.targets} " \
-              f"--methods {args.methods} --digits {args.digits}"
-    lines = ["# MNIST, every digit removed, at matched safety (the paper's Fig. 14)", "", "Regenerate (resumes from the store):", "",
-             "```", command, "```", "", f"Digits done: {', '.join(map(str, done))}. Protocol `{args.protocol}`; headline quality metric "
-             f"`{quality}` (the judge-space Fréchet distance: Inception FID costs minutes per run on a CPU and is left to the paper protocol). "
-             "Values are `value [95% interval]`; a paired difference is the method's value minus DNG's on the same noise, "
-             "with its paired-bootstrap interval; *significant* when that interval excludes 0.", "", f"![{picture}]({picture})", ""]
-    (out / "README.md").write_text("\n".join(lines + summary_lines(store, table, targets)))
+    command = f"python benchmarks/mnist_fig14.py --db STORE --out {args.out} --protocol {args.protocol} --targets {args.targets} " \
+              f"--methods {args.methods} --digits {args.digits} --tolerance {args.tolerance} --max-runs {args.max_runs}"
+    lines = ["# MNIST, every digit removed, at matched safety (the paper's Fig. 14)", "", ("Regenerate (resumes: finished runs are reused "
+             "from STORE, finished digits from their `matched.csv`):"), "", "```", command, "```", "",
+             (f"Digits done: {', '.join(map(str, done)) or 'none yet'}. Task `mnist-remove-K`: the latent MNIST model (issue 19). "
+             f"Protocol `{args.protocol}`; quality metric `fid_classifier` (the Fréchet distance in the task judge's feature space: "
+             "Inception FID costs minutes per run on a CPU and is left to the paper protocol). Values are `value [95% interval]`; a "
+             "paired difference is the method's value minus DNG's on the same noise, with its paired-bootstrap interval; "
+             "*significant* when that interval excludes 0. Each method runs at the smallest scale whose forbidden share's upper 95% "
+             "bound meets the target (`bench calibrate`)."), "", f"![{picture}]({picture})", ""]
+    (out / "README.md").write_text("\n".join(lines + claim_lines(table, targets) + summary_lines(table, targets)))
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,22 +210,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="np,sld,dng")
     parser.add_argument("--digits", default="0-9")
     parser.add_argument("--commit", action="store_true", help="git-commit OUT after each digit")
+    parser.add_argument("--tolerance", default="0.1", help="relative width at which each calibration's bisection stops")
+    parser.add_argument("--max-runs", default="8", help="runs at most per calibration")
+    parser.add_argument("--redo", action="store_true", help="run digits whose matched.csv is already complete")
     args = parser.parse_args(argv)
     targets = [float(t) for t in args.targets.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    done: list[int] = []
+    methods = args.methods.split(",")
     for digit in digits_of(args.digits):
         task = f"mnist-remove-{digit}"
+        if digit_done(args.out, digit, methods, targets) and not args.redo:
+            print(f"{task}: every method at every target is in {digit_file(args.out, digit)}; skipped (--redo runs it again)", flush=True)
+            continue
         report_args = ["--task", task, "--protocol", args.protocol, "--targets", args.targets, "--methods", args.methods,
-                       "--out", str(args.out / task)]
+                       "--tolerance", args.tolerance, "--max-runs", args.max_runs, "--out", str(args.out / task)]
         if report_main(report_args + (["--db", str(args.db)] if args.db else [])) != 0:
             return 1
-        done.append(digit)
-        write_summary(Store(args.db), args.out, args, done, targets)
+        matched_rows(Store(args.db), task, targets, args.protocol).to_csv(digit_file(args.out, digit), index=False)
+        write_summary(args.out, args, targets)
         print(f"{task} done; summary in {args.out / 'README.md'}", flush=True)
         if args.commit:
             subprocess.run(["git", "add", str(args.out)], check=True)
             subprocess.run(["git", "commit", "-q", "-m", f"MNIST Fig. 14: {task} at the {args.protocol} protocol", "--", str(args.out)], check=False)
+    write_summary(args.out, args, targets)
     return 0
 
 
