@@ -1,6 +1,7 @@
 """Distances between samples and an exact target distribution (Gaussian-mixture tasks)."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -26,7 +27,14 @@ def _w1_projected(points: np.ndarray, target: GaussianMixture, direction: np.nda
     high = max(points.max(), centres.max() + spread)
     grid = np.linspace(low, high, GRID)
     empirical = np.searchsorted(np.sort(points), grid, side="right") / len(points)
-    return float(np.trapezoid(np.abs(empirical - target.projected_cdf(grid, direction)), grid))
+    return float(np.trapezoid(np.abs(empirical - _target_cdf(target, float(low), float(high), tuple(direction))), grid))
+
+
+@lru_cache(maxsize=1024)
+def _target_cdf(target: GaussianMixture, low: float, high: float, direction: tuple[float, ...]) -> np.ndarray:
+    """The target's projected CDF on the grid from `low` to `high`: the same grid for nearly every bootstrap resample
+    (its ends are usually the target's, not the samples'), so computed once (a run's intervals spent 90% of their time here)."""
+    return target.projected_cdf(np.linspace(low, high, GRID), np.asarray(direction))
 
 
 def wasserstein_to_mixture(samples: np.ndarray, target: GaussianMixture) -> float:

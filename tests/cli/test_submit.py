@@ -1,6 +1,7 @@
 """Submit, import, verify: the round trip of a result bundle, and tampered bundles refused."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from negguide.bench.cli import main as bench_main
+from negguide.bench.submit import SUITES, Suite, SuiteEntry
 from negguide.results.leaderboard import leaderboard_table
 from negguide.results.store import Store
 
@@ -24,15 +26,20 @@ def cli_json(capsys, *args: str) -> dict:
     return json.loads(captured.out.strip().splitlines()[-1])
 
 
+# The smoke suite's tasks and target at fewer samples and steps (the suite's own runs take minutes on 2 cores).
+SMALL_SMOKE = Suite("smoke", "1", "the smoke suite, small", tuple(SuiteEntry(task, "quick", (0.01,), samples=512, steps=100)
+                                                               for task in ("gmm1d-remove-1", "gmm2d-remove-3")))
+
+
 @pytest.fixture(scope="module")
 def submitted(tmp_path_factory) -> tuple[Path, list[str]]:
-    """The example method submitted on the smoke suite (about a minute on 2 cores)."""
+    """The example method submitted on the smoke suite's tasks and target, at 512 samples and 100 steps."""
     folder = tmp_path_factory.mktemp("submit")
     out = folder / "bundle.zip"
-    import contextlib
-
+    assert [(e.task, e.protocol, e.targets) for e in SUITES["smoke"].entries] == [(e.task, e.protocol, e.targets) for e in SMALL_SMOKE.entries]
     stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout):
+        patch.setitem(SUITES, "smoke", SMALL_SMOKE)
         code = bench_main(["submit", EXAMPLE, "--suite", "smoke", "--out", str(out), "--name", "tester", "--db", str(folder / "mine.duckdb"),
                            "--json", "--no-progress"])
     assert code == 0
@@ -56,12 +63,12 @@ def test_round_trip_submit_import_verify(submitted, tmp_path, capsys):
     db = tmp_path / "theirs.duckdb"
     imported = cli_json(capsys, "import", str(out), "--db", str(db))
     assert set(imported["runs"]) == bundled and imported["status"] == "self-reported"
-    table = leaderboard_table(Store(db))
+    table = leaderboard_table(Store(db), exploratory=True)  # fewer samples than the protocol's: exploratory runs
     assert set(table.method) == {"decaying-np"} and set(table.provenance) == {"self-reported"}
     assert set(Store(db).calibrations().run_id) == set(runs)
     verified = cli_json(capsys, "verify", str(out), "--db", str(db), "--samples", "20")
     assert verified["verified"] and verified["checked_samples"] == 20 * len(bundled) and set(verified["marked"]) == bundled
-    assert set(leaderboard_table(Store(db)).provenance) == {"verified"}
+    assert set(leaderboard_table(Store(db), exploratory=True).provenance) == {"verified"}
 
 
 def test_suites_are_listed(capsys):
