@@ -283,12 +283,15 @@ def leaderboard_page(db: Path, rows: pd.DataFrame, info: data.TaskInfo) -> None:
     if rows.empty:
         st.info("No run of this task matches the filters.")
         return
-    view, constant = data.leaderboard_view(rows, info.quality_metric)
+    view, constant, others = data.leaderboard_view(rows, info.quality_metric)
     best, safe = rows.iloc[0], int(rows.safe.sum())
     verdict = f"best safe run: **{best.method}** ({best.setting})" if safe else "no run is safe yet, so the safest leads"
     shared = "; ".join(f"{k} {v}" for k, v in constant.items())
     st.markdown(f"**{len(view)} runs**, {safe} safe; {verdict}." + (f" Every run: {shared}." if shared else ""))
     table(view, f"{info.name}-runs", raw=rows, column_config=_column_config(view, info.quality_metric))
+    if len(others.columns) > 3:  # rank, method, setting and at least one metric
+        st.markdown("**The task's other metrics**, same rows and order:")
+        table(others, f"{info.name}-other-metrics", raw=rows, column_config=_column_config(others, info.quality_metric))
 
 
 def curves_page(rows: pd.DataFrame, info: data.TaskInfo) -> None:
@@ -542,6 +545,8 @@ def method_page(db: Path, board: pd.DataFrame) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="Negative guidance leaderboard", layout="wide")
+    # Streamlit's wide layout keeps 5rem each side of the page: the tables need that width more than the margin does
+    st.html("<style>[data-testid='stMainBlockContainer'] {padding-left: 1.5rem; padding-right: 1.5rem}</style>")
     db = data.resolve_db_path(sys.argv[1:], os.environ)
     board = read(cached_board, str(db))
     if board is None:

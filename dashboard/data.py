@@ -170,22 +170,28 @@ def filter_board(board: pd.DataFrame, info: TaskInfo, methods: Sequence[str] = (
     return by_rank(ranked)
 
 
-def leaderboard_view(rows: pd.DataFrame, quality_metric: str) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The leaderboard's columns (rank, method, setting, safety, quality, other metrics, date, run link) and the
-    columns left out because every row has the same value there (shown once in a caption instead)."""
+def leaderboard_view(rows: pd.DataFrame, quality_metric: str) -> tuple[pd.DataFrame, dict[str, str], pd.DataFrame]:
+    """The leaderboard's columns (rank, method, setting, safety, KL, quality, run link), the columns left out because
+    every row has the same value there (shown once in a caption instead), and the task's other metrics (rank, method,
+    setting, one column per metric) as a second table. Values to 3 significant digits and no date column (the run's
+    page has it): one table with every metric and column would not fit a 1500 px window."""
     metrics = metric_columns(rows)
-    ordered = [m for m in HEADLINE_FIRST if m in metrics] + ([quality_metric] if quality_metric in metrics else [])
-    ordered += [m for m in metrics if m not in ordered]
-    ordered = [m for m in ordered if rows[m].notna().any()]  # e.g. posterior_mae only when a run tracks one
+    headline = [m for m in (*HEADLINE_FIRST, quality_metric) if m in metrics and rows[m].notna().any()]
+    others = [m for m in metrics if m not in headline and rows[m].notna().any()]  # e.g. posterior_mae only when a run tracks one
     constant = {c: _format_value(rows[c].iloc[0]) for c in ("samples", "steps", "protocol", "provenance") if rows[c].nunique(dropna=False) == 1}
-    columns = ["rank", "method", "setting", "safe", *ordered, *[c for c in ("samples", "steps", "protocol", "provenance") if c not in constant], "date"]
+    columns = ["rank", "method", "setting", "safe", *headline, *[c for c in ("samples", "steps", "protocol", "provenance") if c not in constant]]
+    view = _view_with_intervals(rows, columns, headline)
+    view["run"] = [run_link(t, r) for t, r in zip(rows.task, rows.run_id)]
+    return clean_cells(view), constant, clean_cells(_view_with_intervals(rows, ["rank", "method", "setting", *others], others))
+
+
+def _view_with_intervals(rows: pd.DataFrame, columns: list[str], metrics: list[str]) -> pd.DataFrame:
+    """`columns` of `rows`, the rank group as text and every metric as `value [95% interval]` to 3 significant digits."""
     view = rows[columns].reset_index(drop=True)
     view["rank"] = [rank_text(r) for r in rows["rank"]]
-    view["date"] = view["date"].str[:10]  # the day; the minute is in the run's provenance
-    for metric in ordered:  # every metric with its 95% interval, as text
-        view[metric] = [with_interval(v, *interval_of(r, metric)) for v, (_, r) in zip(rows[metric], rows.iterrows())]
-    view["run"] = [run_link(t, r) for t, r in zip(rows.task, rows.run_id)]
-    return clean_cells(view), constant
+    for metric in metrics:
+        view[metric] = [with_interval(v, *interval_of(r, metric), digits=3) for v, (_, r) in zip(rows[metric], rows.iterrows())]
+    return view
 
 
 def headline_paragraph(info: TaskInfo) -> str:

@@ -31,7 +31,8 @@ READY_JS = """(() => {{
   const app = document.querySelector('[data-testid="stApp"]');
   if (!app || app.dataset.testScriptState !== 'notRunning' || !document.body.innerText.includes({text})) return -1;
   if (document.querySelector('[data-testid^="stSkeleton"], [data-stale="true"]')) return -1;
-  const tables = Array.from(document.querySelectorAll('[data-testid="stDataFrame"]'));
+  // a table in a collapsed expander (a closed <details>) is not drawn until it opens: wait only for the others
+  const tables = Array.from(document.querySelectorAll('[data-testid="stDataFrame"]')).filter(t => !t.closest('details:not([open])'));
   const drawn = tables.every(t => t.querySelector('td[role="gridcell"]')) && Array.from(document.images).every(i => i.complete);
   return drawn ? document.documentElement.outerHTML.length : -1;
 }})()"""

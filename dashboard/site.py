@@ -208,10 +208,12 @@ def task_page(site: Site, store: Store, board: pd.DataFrame, task: str) -> None:
                           f"its scale; the star is unguided sampling; the dashed line is the task's threshold ({info.threshold:.1%}). The "
                           f"forbidden-share axis is symlog (linear below 0.1%); error bars are 95% intervals. Hover a point for its run."),
                   chart_block(site, plots.curves_chart(points, quality, info.threshold))]
-    view, constant = data.leaderboard_view(rows, quality)
+    view, constant, others = data.leaderboard_view(rows, quality)
     shared = "; ".join(f"{k} {v}" for k, v in constant.items())
     parts += ["<h2>All runs</h2>", f"<p>{len(view)} runs, {int(rows.safe.sum())} safe." + (f" Every run: {html.escape(shared)}." if shared else "") + "</p>",
               table_block(site, view, 1, f"{task}-runs", raw=rows)]
+    if len(others.columns) > 3:
+        parts += ["<h3>The task's other metrics</h3>", table_block(site, others, 1, f"{task}-other-metrics", raw=rows)]
     page(site, f"tasks/{task}.html", f"Leaderboard · {task}", "\n".join(parts))
 
 

@@ -90,13 +90,14 @@ class Statistic:
         return resampled(self.of, self.units, self.resamples, self.method)
 
 
-def with_interval(value: float | None, low: float | None = None, high: float | None = None) -> str:
-    """A value and its 95% interval as text, `0.0123 [0.0101, 0.015]`; the value alone without an interval, "" without a value."""
+def with_interval(value: float | None, low: float | None = None, high: float | None = None, digits: int = 4) -> str:
+    """A value and its 95% interval as text to `digits` significant digits, `0.0123 [0.0101, 0.015]`; the value alone
+    without an interval, "" without a value."""
     if value is None or value != value:
         return ""
     if low is None or high is None or low != low or high != high:
-        return f"{value:.4g}"
-    return f"{value:.4g} [{low:.4g}, {high:.4g}]"
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
 
 
 def wilson(successes: int, trials: int, confidence: float = CONFIDENCE) -> Interval:
