@@ -11,7 +11,7 @@ for the pixel DDPM) and the torch threads of `bench run`:
    and their ratio (target <= 1.10); each repeat runs both back to back, at the protocol's samples and steps
    (standard: 2,048 x 50, whose whole DNG run, judging included, must take <= 3 minutes on 2 quiet cores);
 3. the main command, `bench run --method dng --task TASK` in a fresh store: its wall time and its DNG run's
-   sampling and total time; it also draws the unguided baseline beside it.
+   sampling and total time; it also draws unguided sampling and NP at the task's defaults beside it.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def main() -> None:
     print(f"  bench run sampling median {statistics.median(harness):7.1f} s  all {[round(v, 1) for v in harness]}")
     print(f"  bench run total    median {statistics.median(total):7.1f} s  (sampling, judging, storing; target <= 180 s)  all {[round(v, 1) for v in total]}")
     print(f"  ratio harness sampling / bare: {statistics.median(harness) / statistics.median(bare):.3f} (target <= 1.10)")
-    print(f"main command `bench run --method dng --task {task.name}` (DNG + unguided baseline, fresh store): "
+    print(f"main command `bench run --method dng --task {task.name}` (DNG beside unguided sampling and NP at the task's defaults, fresh store): "
           f"{main_wall:.1f} s wall, DNG sampling {main_result['timings']['sampling_s']:.1f} s, "
           f"total {main_result['timings']['total_s']:.1f} s inside the DNG run")
 
