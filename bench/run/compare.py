@@ -136,12 +136,13 @@ def _fmt(value: float) -> str:
 
 
 def comparison_table(rows: list[MetricComparison], label_a: str, label_b: str) -> str:
-    """The comparison as an aligned text table (b - a with its paired interval; * where it excludes 0)."""
-    header = f"  {'metric':<24} {label_a:<28} {label_b:<28} {'change (paired 95% CI)':<30}"
-    lines = [header]
+    """The comparison as an aligned text table (b - a with its paired interval; * where it excludes 0), each column
+    as wide as its widest cell."""
+    cells = [("metric", label_a, label_b, "change (paired 95% CI)")]
     for row in rows:
-        a = f"{_fmt(row.a)} [{_fmt(row.a_interval.low)}, {_fmt(row.a_interval.high)}]"
-        b = f"{_fmt(row.b)} [{_fmt(row.b_interval.low)}, {_fmt(row.b_interval.high)}]"
-        change = f"{row.difference:+.4g} [{_fmt(row.difference_interval.low)}, {_fmt(row.difference_interval.high)}]{' *' if row.significant else ''}"
-        lines.append(f"  {row.name:<24} {a:<28} {b:<28} {change:<30}")
-    return "\n".join(lines)
+        cells.append((row.name, f"{_fmt(row.a)} [{_fmt(row.a_interval.low)}, {_fmt(row.a_interval.high)}]",
+                      f"{_fmt(row.b)} [{_fmt(row.b_interval.low)}, {_fmt(row.b_interval.high)}]",
+                      f"{row.difference:+.4g} [{_fmt(row.difference_interval.low)}, {_fmt(row.difference_interval.high)}]"
+                      f"{' *' if row.significant else ''}"))
+    widths = [max(len(line[column]) for line in cells) for column in range(4)]
+    return "\n".join("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)
