@@ -36,9 +36,10 @@ def flags_request(task: str, flags: list[str]) -> RunRequest:
                       steps=int(values["--steps"]) if "--steps" in values else None)
 
 
-def page(task: str, key: str, db: Path, out_root: Path) -> Path:
+def page(task: str, key: str, db: Path, out_root: Path, search: list[str]) -> Path:
     out = out_root / f"{task}-{key}"
-    report.main(["--task", task, "--targets", str(TARGET), "--methods", METHODS[task], "--db", str(db), "--out", str(out), *SAMPLERS[key][1]])
+    report.main(["--task", task, "--targets", str(TARGET), "--methods", METHODS[task], "--db", str(db), "--out", str(out),
+                 *SAMPLERS[key][1], *search])
     return out
 
 
@@ -77,17 +78,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--summary", default="samplers.md", help="the summary page's file name under --out")
     parser.add_argument("--existing", action="store_true", help="summarise only the pages already written (their runs stored); draw nothing new")
+    parser.add_argument("--tolerance", help="passed to each page's calibration (default: the report's)")
+    parser.add_argument("--max-runs", help="passed to each page's calibration (default: the report's)")
     args = parser.parse_args()
+    search = [flag for name in ("tolerance", "max_runs") if getattr(args, name)
+              for flag in (f"--{name.replace('_', '-')}", getattr(args, name))]
     rows = []
     for task in args.tasks.split(","):
         for key in args.samplers.split(","):
             if args.existing and not (args.out / f"{task}-{key}" / "README.md").exists():
                 continue
             if not args.existing:
-                page(task, key, args.db, args.out)
+                page(task, key, args.db, args.out, search)
             rows += summary_rows(task, key, args.out)
     table = pd.DataFrame(rows).fillna("-")
-    command = f"python benchmarks/results_by_sampler.py --db STORE --tasks {args.tasks} --samplers {args.samplers} --summary {args.summary}"
+    command = f"python benchmarks/results_by_sampler.py --db STORE --tasks {args.tasks} --samplers {args.samplers} --summary {args.summary}" + "".join(f" {flag}" for flag in search)
     text = "\n".join([
         "# Method rankings under each sampler", "", f"Regenerate with `{command}` (a DuckDB path of your choice; runs are reused).", "",
         f"Each method calibrated to a forbidden share <= {TARGET:g} under each sampler, then its quality with the 95% interval, and "
