@@ -289,7 +289,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         from negguide.metrics.base import METRICS
 
-        table = {name: ("higher" if m.higher_is_better else "lower") + " is better; " + m.description for name, m in METRICS.items()}
+        table = {name: ("higher" if m.higher_is_better else "lower") + " is better; " + m.description + "; computed as: " + m.computation
+                 for name, m in METRICS.items()}
     if args.json:
         print(json.dumps(table, indent=2))
     else:

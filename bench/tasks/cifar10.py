@@ -15,11 +15,10 @@ import numpy as np
 import torch
 
 from negguide.bench.tasks.digests import folder_digest, json_digest
-from negguide.bench.tasks.spec import Conditioning, PAPER_SAMPLER, Records, RunProtocol, Task, Traces, class_removal
+from negguide.bench.tasks.spec import PAPER_SAMPLER, Conditioning, Records, RunProtocol, Task, Traces, class_removal
 from negguide.datasets import cifar10
 from negguide.methods.errors import BenchError
-from negguide.metrics.classes import kl_classes
-from negguide.metrics.frechet import frechet_statistic
+from negguide.metrics.base import statistic
 from negguide.metrics.intervals import Statistic
 
 VERSION = "1"
@@ -85,14 +84,15 @@ class Cifar10Runtime:
 
     def statistics(self, records: Records, traces: Traces, wanted: tuple[str, ...]) -> list[Statistic]:
         labels = records["label"]
-        found = [Statistic.share("forbidden_rate", labels == self.removed),
-                 Statistic("kl_classes", len(labels), lambda i: kl_classes(labels[i], self.removed, N_CLASSES))]
+        found = [statistic("forbidden_rate", hits=labels == self.removed),
+                 statistic("kl_classes", labels=labels, removed=self.removed, classes=N_CLASSES)]
         if "inception" in records:
             from negguide.metrics.fid import reference_stats
 
             real, real_labels = cifar10.load_cifar10_train(cifar10.data_root())
             references = {"fid": real[real_labels != self.removed], "fid_all": real}
-            found += [frechet_statistic(name, records["inception"], reference_stats(images)) for name, images in references.items() if name in wanted]
+            found += [statistic(name, features=records["inception"], reference=reference_stats(images))
+                      for name, images in references.items() if name in wanted]
         return found
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:

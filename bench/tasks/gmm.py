@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from negguide.bench.tasks.digests import json_digest
-from negguide.bench.tasks.spec import Conditioning, PAPER_SAMPLER, Records, RunProtocol, Task, Traces, class_removal
+from negguide.bench.tasks.spec import PAPER_SAMPLER, Conditioning, Records, RunProtocol, Task, Traces, class_removal
 from negguide.datasets.gmm import (
     GMM1D,
     GMM2D,
@@ -16,9 +16,8 @@ from negguide.datasets.gmm import (
     GaussianMixture,
     RemovalProblem,
 )
-from negguide.metrics.classes import kl_classes
-from negguide.metrics.distances import wasserstein_to_mixture
-from negguide.metrics.intervals import EITHER, Statistic
+from negguide.metrics.base import statistic
+from negguide.metrics.intervals import Statistic
 
 VERSION = "1"
 PROTOCOLS = {
@@ -49,13 +48,12 @@ class GMMRuntime:
         removed, n_modes = self.problem.removed, len(self.problem.mixture.weights)
         kept_weights = np.asarray(self.problem.remember.weights)
         found = [
-            Statistic.share("forbidden_rate", modes == removed),
-            Statistic("kl_classes", len(modes), lambda i: kl_classes(modes[i], removed, n_modes, kept_weights)),
-            Statistic.distance("wasserstein", len(points), lambda i: wasserstein_to_mixture(points[i], self.problem.remember), EITHER),
+            statistic("forbidden_rate", hits=modes == removed),
+            statistic("kl_classes", labels=modes, removed=removed, classes=n_modes, weights=kept_weights),
+            statistic("wasserstein", points=points, target=self.problem.remember),
         ]
         if "posterior" in traces and "posterior_exact" in traces:
-            tracked, exact = traces["posterior"], traces["posterior_exact"]
-            found.append(Statistic("posterior_mae", tracked.shape[1], lambda i: float(np.mean(np.abs(tracked[:, i] - exact[:, i])))))
+            found.append(statistic("posterior_mae", tracked=traces["posterior"], exact=traces["posterior_exact"]))
         return found
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:

@@ -16,12 +16,12 @@ import torch
 
 from negguide.bench.tasks.digests import json_digest
 from negguide.bench.tasks.paired import ARMS, UNRELATED, PairedLayout, PairedRows, guidance_statistics
-from negguide.bench.tasks.spec import Conditioning, PAPER_SAMPLER, Records, RunProtocol, Task, Traces
+from negguide.bench.tasks.spec import PAPER_SAMPLER, Conditioning, Records, RunProtocol, Task, Traces
 from negguide.datasets.gmm_prompts import PROBLEM, PromptProblem
 from negguide.methods.base import Predictions
 from negguide.methods.schedule import Step
-from negguide.metrics.distances import wasserstein_to_mixture
-from negguide.metrics.intervals import EITHER, Statistic
+from negguide.metrics.base import statistic
+from negguide.metrics.intervals import Statistic
 
 VERSION = "1"
 LAYOUT = PairedLayout(prompts=1)
@@ -85,17 +85,15 @@ class GMMPromptsRuntime:
         modes, points = records["label"], records["x"]
         ref, rel, unrel = (triples[:, a] for a in range(3))
         changed_rel, changed_unrel = modes[rel] != modes[ref], modes[unrel] != modes[ref]
-        target_rel, target_unrel = self.problem.target(True), self.problem.target(False)
-        n = len(triples)
         return [
-            Statistic.mean("change_related", np.linalg.norm(points[rel] - points[ref], axis=1)),
-            Statistic.mean("change_unrelated", np.linalg.norm(points[unrel] - points[ref], axis=1)),
-            Statistic.share("modes_changed_related", changed_rel),
-            Statistic.share("modes_changed_unrelated", changed_unrel),
-            Statistic("q_modes", n, lambda i: float(np.mean(changed_rel[i])) - float(np.mean(changed_unrel[i]))),
-            Statistic.share("forbidden_rate", modes[rel] == self.problem.related),
-            Statistic.distance("w1_related", n, lambda i: wasserstein_to_mixture(points[rel[i]], target_rel), EITHER),
-            Statistic.distance("w1_unrelated", n, lambda i: wasserstein_to_mixture(points[unrel[i]], target_unrel), EITHER),
+            statistic("change_related", values=np.linalg.norm(points[rel] - points[ref], axis=1)),
+            statistic("change_unrelated", values=np.linalg.norm(points[unrel] - points[ref], axis=1)),
+            statistic("modes_changed_related", hits=changed_rel),
+            statistic("modes_changed_unrelated", hits=changed_unrel),
+            statistic("q_modes", first=changed_rel, second=changed_unrel),
+            statistic("forbidden_rate", hits=modes[rel] == self.problem.related),
+            statistic("w1_related", points=points[rel], target=self.problem.target(True)),
+            statistic("w1_unrelated", points=points[unrel], target=self.problem.target(False)),
             *guidance_statistics(traces, triples),
         ]
 

@@ -19,10 +19,10 @@ import torch
 
 import negguide.datasets
 from negguide.bench.tasks.digests import array_digest, folder_digest
-from negguide.bench.tasks.spec import Conditioning, PAPER_SAMPLER, Records, RunProtocol, Task, Traces, class_removal
+from negguide.bench.tasks.spec import PAPER_SAMPLER, Conditioning, Records, RunProtocol, Task, Traces, class_removal
 from negguide.methods.errors import BenchError
-from negguide.metrics.classes import kl_classes
-from negguide.metrics.frechet import FeatureStats, frechet_statistic
+from negguide.metrics.base import statistic
+from negguide.metrics.frechet import FeatureStats
 from negguide.metrics.intervals import Statistic
 
 T = TypeVar("T")
@@ -164,18 +164,18 @@ class MnistRuntime:
 
     def statistics(self, records: Records, traces: Traces, wanted: tuple[str, ...]) -> list[Statistic]:
         labels, features = records["label"], records["features"]
-        found = [Statistic.share("forbidden_rate", labels == self.removed),
-                 Statistic("kl_classes", len(labels), lambda i: kl_classes(labels[i], self.removed, N_CLASSES))]
+        found = [statistic("forbidden_rate", hits=labels == self.removed),
+                 statistic("kl_classes", labels=labels, removed=self.removed, classes=N_CLASSES)]
         if "fid_classifier" in wanted:
-            reference = reference_stats(self.removed)
-            found.append(frechet_statistic("fid_classifier", features, reference))
+            found.append(statistic("fid_classifier", features=features, reference=reference_stats(self.removed)))
         if "inception" in records:
             from negguide.datasets.mnist import load_mnist
             from negguide.metrics.fid import reference_stats as inception_reference
 
             images, labels_real = load_mnist()
             references = {"fid": images[labels_real != self.removed][:, None], "fid_all": images[:, None]}
-            found += [frechet_statistic(name, records["inception"], inception_reference(real)) for name, real in references.items() if name in wanted]
+            found += [statistic(name, features=records["inception"], reference=inception_reference(real))
+                      for name, real in references.items() if name in wanted]
         return found
 
     def to_artifact(self, x: torch.Tensor) -> np.ndarray:

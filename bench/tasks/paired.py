@@ -22,6 +22,7 @@ import torch
 from negguide.methods.base import Predictions, per_sample
 from negguide.methods.errors import BenchError
 from negguide.methods.schedule import Step
+from negguide.metrics.base import statistic
 from negguide.metrics.intervals import Statistic
 
 ARMS = ("reference", "related", "unrelated")
@@ -94,5 +95,4 @@ def guidance_statistics(traces: dict[str, np.ndarray], triples: np.ndarray) -> l
     if "guidance_scale" not in traces:
         return []
     scale = traces["guidance_scale"]
-    return [Statistic(name, len(triples), lambda i, rows=triples[:, arm]: float(scale[:, rows[i]].mean()))
-            for name, arm in (("guidance_related", RELATED), ("guidance_unrelated", UNRELATED))]
+    return [statistic(name, trace=scale, units=triples[:, arm]) for name, arm in (("guidance_related", RELATED), ("guidance_unrelated", UNRELATED))]

@@ -30,9 +30,10 @@ import torch
 import negguide.datasets
 from negguide.bench.tasks.digests import json_digest
 from negguide.bench.tasks.paired import UNRELATED, PairedLayout, PairedRows, guidance_statistics
-from negguide.bench.tasks.spec import Conditioning, PAPER_SAMPLER, Records, RunProtocol, Task, Traces
+from negguide.bench.tasks.spec import PAPER_SAMPLER, Conditioning, Records, RunProtocol, Task, Traces
 from negguide.methods.errors import BenchError
 from negguide.methods.schedule import Step
+from negguide.metrics.base import statistic
 from negguide.metrics.intervals import Statistic
 
 if TYPE_CHECKING:
@@ -143,18 +144,18 @@ class T2IRuntime:
 
     def statistics(self, records: Records, traces: Traces, wanted: tuple[str, ...]) -> list[Statistic]:
         """CLIP scores and Q over triples (the unit that shares its noise); shares by Wilson."""
-        from negguide.metrics.clip import clip_score, q_metric
+        from negguide.metrics.clip import clip_score
 
         n = len(records["arm"]) // 3
         embeddings = torch.from_numpy(records["features"]).reshape(n, 3, -1)
         related, unrelated = clip_score(embeddings[:, 0], embeddings[:, 1]), clip_score(embeddings[:, 0], embeddings[:, 2])
         present = records["concept_present"].reshape(n, 3)
         return [
-            Statistic.mean("clip_related", related),
-            Statistic.mean("clip_unrelated", unrelated),
-            Statistic("q", n, lambda i: q_metric(unrelated[i], related[i])),
-            Statistic.share("forbidden_rate", present[:, 1]),
-            Statistic.share("concept_unguided", present[:, 0]),
+            statistic("clip_related", values=related),
+            statistic("clip_unrelated", values=unrelated),
+            statistic("q", first=unrelated, second=related),  # paper Eq. 22
+            statistic("forbidden_rate", hits=present[:, 1]),
+            statistic("concept_unguided", hits=present[:, 0]),
             *guidance_statistics(traces, self.layout.triples(3 * n)),
         ]
 
