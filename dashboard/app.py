@@ -142,8 +142,17 @@ def sidebar(board: pd.DataFrame, db: str) -> tuple[str, str, list[str], list[str
     if st.sidebar.button("Refresh"):
         st.cache_data.clear()
         st.rerun()
-    st.sidebar.caption(f"store: `{db}` (read-only); refreshes every {CACHE_SECONDS:g} s")
+    st.sidebar.caption(f"store: `{store_label(Path(db))}` (read-only); refreshes every {CACHE_SECONDS:g} s", help=f"full path: {db}")
     return page, task, methods, profiles
+
+
+def store_label(db: Path) -> str:
+    """The store as the user named it from here: relative to the working directory, else its file name (the full
+    path goes in the tooltip, so pages and screenshots carry no path of the machine)."""
+    try:
+        return str(db.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return db.name
 
 
 def unknown_task_notice(name: str, tasks: list[str]) -> None:

@@ -158,12 +158,12 @@ def page_url(base: str, page: str, task: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("docs/leaderboard.png"))
-    parser.add_argument("--page", default="Leaderboard")
-    parser.add_argument("--task")
+    parser.add_argument("--db", type=Path, required=True, help="DuckDB store the dashboard reads")
+    parser.add_argument("--out", type=Path, default=Path("docs/leaderboard.png"), help="PNG to write (default docs/leaderboard.png)")
+    parser.add_argument("--page", default="Leaderboard", help="dashboard page: Overview, Leaderboard, Curves, Method, ... (default Leaderboard)")
+    parser.add_argument("--task", help="task the page shows (default: the dashboard's first)")
     parser.add_argument("--wait-text", default="How this table is ranked", help="text that shows the page is rendered")
-    parser.add_argument("--window-size", default="1400,1000")
+    parser.add_argument("--window-size", default="1400,1000", help="browser window WIDTH,HEIGHT in pixels (default 1400,1000)")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.window_size.split(","))
     with serving(args.db) as base, Browser(width, height) as browser:
