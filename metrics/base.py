@@ -3,17 +3,14 @@ its value, direction and the sample count behind it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from negguide.metrics.classes import kl_classes
-from negguide.metrics.distances import wasserstein_to_mixture
+from negguide.metrics.distances import GaussianMixture, wasserstein_to_mixture
 from negguide.metrics.frechet import FeatureStats, frechet_statistic
 from negguide.metrics.intervals import EITHER, Statistic
-
-if TYPE_CHECKING:
-    from negguide.datasets.gmm import GaussianMixture
 
 
 @dataclass(frozen=True)

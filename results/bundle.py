@@ -16,8 +16,6 @@ import ast
 import hashlib
 import io
 import json
-import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -26,6 +24,7 @@ from typing import Annotated, BinaryIO, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from negguide.atomic import atomic_path
 from negguide.methods.errors import BenchError
 
 SCHEMA_VERSION = 2
@@ -120,19 +119,11 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def write_bundle(path: Path, manifest: Manifest, payloads: dict[str, bytes]) -> None:
-    """Write the zip atomically (a temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("manifest.json", manifest.model_dump_json(indent=2))
-            for name, payload in payloads.items():
-                archive.writestr(name, payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the zip atomically: readers never see half a bundle, a failed write leaves none."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", manifest.model_dump_json(indent=2))
+        for name, payload in payloads.items():
+            archive.writestr(name, payload)
 
 
 class Bundle:
