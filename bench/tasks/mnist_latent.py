@@ -48,14 +48,34 @@ PROTOCOLS = {
 
 
 # DNG runs with the paper's MNIST parameters (Table 1: prior 0.25, tau 0.25, delta 0). Scales for a 1% forbidden share (its
-# upper 95% bound) on the quick protocol, per digit where measured, each the smallest the bisection found
+# upper 95% bound), each the smallest the bisection found to 10%. Digit 0 on the quick protocol, the README's first command
 # (`bench calibrate --method M --task mnist-remove-0 --target 0.01 --tolerance 0.1`): DNG 2.03125 (forbidden 0.10%
 # [0.02, 0.55]; 1.875 gives 0.39% [0.15, 1.00]); NP 0.8125 (0.29% [0.10, 0.86]; 0.75 gives 0.39% [0.15, 1.00]).
+# Digits 1-9 on the standard protocol (2,048 samples), from the Fig. 14 calibrations kept in
+# docs/results/mnist-fig14/mnist-remove-K/matched.csv (a test keeps the two equal); with 1,024 samples a quick run at
+# these scales may miss 1% by its wider interval.
 PAPER_DNG = (("prior", "0.25"), ("tau", "0.25"), ("delta", "0.0"))
-CALIBRATED_SCALES: dict[int, dict[str, str]] = {0: {"dng": "2.03125", "np": "0.8125"}}
-CALIBRATED = ("both calibrated to a 1% forbidden share (upper 95% bound) on the quick protocol: each scale is the smallest "
-              "the bisection found, to 10%")
+QUICK_CALIBRATED: dict[int, dict[str, str]] = {0: {"dng": "2.03125", "np": "0.8125"}}
+STANDARD_CALIBRATED: dict[int, dict[str, str]] = {
+    1: {"dng": "1.71875", "np": "0.6875", "sld": "0.75"},
+    2: {"dng": "1.71875", "np": "0.5625", "sld": "0.875"},
+    3: {"dng": "2.03125", "np": "0.6875", "sld": "1.0"},
+    4: {"dng": "1.875", "np": "0.625", "sld": "0.875"},
+    5: {"dng": "2.1875", "np": "0.6875", "sld": "1.0"},
+    6: {"dng": "1.71875", "np": "0.625", "sld": "0.875"},
+    7: {"dng": "1.875", "np": "0.53125", "sld": "0.875"},
+}
+CALIBRATED_SCALES: dict[int, dict[str, str]] = QUICK_CALIBRATED | STANDARD_CALIBRATED
+CALIBRATED_ON = {**dict.fromkeys(QUICK_CALIBRATED, "quick"), **dict.fromkeys(STANDARD_CALIBRATED, "standard")}
 UNCALIBRATED = "DNG with the paper's MNIST parameters; scales are the methods' own defaults (not calibrated for this digit)"
+
+
+def defaults_source(removed: int) -> str:
+    """Where this digit's default scales come from (printed by `bench describe task` and a run's header)."""
+    if removed not in CALIBRATED_SCALES:
+        return UNCALIBRATED
+    return (f"DNG with the paper's MNIST parameters; every scale calibrated to a 1% forbidden share (upper 95% bound) on the "
+            f"{CALIBRATED_ON[removed]} protocol, each the smallest the bisection found, to 10%")
 
 
 def method_defaults(removed: int) -> tuple:
@@ -153,7 +173,7 @@ def _task(removed: int) -> Task:
                          metrics=METRICS, protocols=PROTOCOLS, details=partial(_details, removed), preflight=preflight, resources=_resources,
                          digests=partial(_digests, removed), predictions=PREDICTIONS, quality_metric="fid_classifier", safety_threshold=0.01,
                          method_defaults=method_defaults(removed), compare_with=("np",),
-                         defaults_source=CALIBRATED if removed in CALIBRATED_SCALES else UNCALIBRATED)
+                         defaults_source=defaults_source(removed))
 
 
 def tasks(options: object = None) -> Iterable[Task]:

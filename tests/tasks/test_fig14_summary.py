@@ -53,3 +53,15 @@ def test_summary_is_rebuilt_from_the_kept_files(tmp_path):
     assert lines[task0].count("holds") == 2
     assert "reversed: np better" in lines[task3] and "not resolved: sld" in lines[task3]
     assert "+0.35 [0.2, 0.5] significant" in text  # NP's KL minus DNG's on digit 0
+
+
+def test_the_digits_default_scales_are_their_fig14_calibrations():
+    """mnist-remove-K's default scales (digits 1-9) are the standard-protocol calibrations for 1% kept in the repo."""
+    from negguide.bench.tasks.mnist_latent import STANDARD_CALIBRATED, method_defaults
+
+    for digit, scales in STANDARD_CALIBRATED.items():
+        kept = pd.read_csv(fig14.digit_file(REPO / "docs" / "results" / "mnist-fig14", digit))
+        at_one_percent = kept[kept.target == 0.01]
+        assert {m: float(s) for m, s in scales.items()} == dict(zip(at_one_percent.method, at_one_percent.scale)), digit
+        defaults = dict(method_defaults(digit))
+        assert dict(defaults["dng"])["scale"] == scales["dng"] and dict(defaults["np"])["scale"] == scales["np"]
