@@ -25,6 +25,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 import pandas as pd
 
 from negguide.bench.report import main as report_main
@@ -36,6 +37,7 @@ from negguide.results.store import Store
 
 REFERENCE = "dng"
 METRICS = ("kl_classes", "fid_classifier")
+PER_BAND = 5  # digits per band of the figure: ten digits as two bands of five, like the paper's two-row panels
 
 
 def digits_of(text: str) -> list[int]:
@@ -153,12 +155,17 @@ def claim_lines(table: pd.DataFrame, targets: list[float]) -> list[str]:
 
 
 def draw(table: pd.DataFrame, digits: list[int], out: Path) -> str:
-    """The paper's Fig. 14 layout: KL (top) and the Fréchet distance (bottom) per digit, value +- interval per target."""
-    fig, axes = plt.subplots(2, len(digits), figsize=(2.4 * len(digits), 5.2), squeeze=False, sharex=True)
-    for column, digit in enumerate(digits):
+    """The paper's Fig. 14 layout: per digit KL (above) and the Fréchet distance (below), value +- interval per target;
+    five digits a band."""
+    targets = sorted(table["target"].unique()) if not table.empty else [0.01]
+    columns = min(len(digits), PER_BAND)
+    bands = -(-len(digits) // PER_BAND)
+    fig, axes = plt.subplots(2 * bands, columns, figsize=(2.6 * columns, 2.6 * 2 * bands), squeeze=False, sharex=True)
+    for index, digit in enumerate(digits):
+        band, column = divmod(index, PER_BAND)
         rows = table[table["task"] == f"mnist-remove-{digit}"] if not table.empty else table
         for row_index, metric in enumerate(METRICS):
-            ax = axes[row_index][column]
+            ax = axes[2 * band + row_index][column]
             for method, by_method in (rows.groupby("method") if not rows.empty else []):
                 by_method = by_method.sort_values("target")
                 low = by_method[metric] - by_method[metric + "__low"].fillna(by_method[metric])
@@ -166,12 +173,18 @@ def draw(table: pd.DataFrame, digits: list[int], out: Path) -> str:
                 ax.errorbar(by_method["target"], by_method[metric], yerr=[low, high], marker="o", capsize=3, label=method,
                             color=method_colour(method))
             ax.set_xscale("log")
+            ax.set_xticks(targets, [f"{100 * t:g}%" for t in targets])
+            ax.xaxis.set_minor_formatter(NullFormatter())  # only the targets are labelled (log minor labels overlap)
+            ax.set_xlim(min(targets) / 1.4, max(targets) * 1.4)
             if row_index == 0:
                 ax.set_title(f"remove {digit}")
             if column == 0:
                 ax.set_ylabel("KL to uniform" if metric == "kl_classes" else "Fréchet (judge)")
-            if row_index == 1:
+            if row_index == 1 and band == bands - 1:
                 ax.set_xlabel("forbidden-share target")
+    for column in range(len(digits) - (bands - 1) * PER_BAND, columns):  # the last band's empty places
+        axes[-2][column].set_visible(False)
+        axes[-1][column].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
