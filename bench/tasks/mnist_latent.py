@@ -64,6 +64,7 @@ STANDARD_CALIBRATED: dict[int, dict[str, str]] = {
     5: {"dng": "2.1875", "np": "0.6875", "sld": "1.0"},
     6: {"dng": "1.71875", "np": "0.625", "sld": "0.875"},
     7: {"dng": "1.875", "np": "0.53125", "sld": "0.875"},
+    8: {"dng": "2.1875", "np": "0.625", "sld": "0.9375"},
 }
 CALIBRATED_SCALES: dict[int, dict[str, str]] = QUICK_CALIBRATED | STANDARD_CALIBRATED
 CALIBRATED_ON = {**dict.fromkeys(QUICK_CALIBRATED, "quick"), **dict.fromkeys(STANDARD_CALIBRATED, "standard")}
