@@ -1,4 +1,4 @@
-"""Coverage of interval methods for Fréchet and Wasserstein distances, on exact cases with a known truth.
+"""Coverage of interval methods for Fréchet and Wasserstein distances and the class-histogram KL, on exact cases with a known truth.
 
     python benchmarks/interval_coverage.py [--reps 100] [--resamples 200] [--methods percentile,basic,half-sampling,BCa]
 
@@ -6,7 +6,8 @@ Fréchet: features drawn from N(mu1, C1), the reference is the exact N(0, C2) (a
 mean and covariance are the population ones), so the true distance is the closed form
 ||mu1||^2 + Tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2). Wasserstein: samples from N(delta, 1) against the exact
 N(0, 1) (W1 = |delta|), and in 2D from N((delta, 0), I) against N(0, I) (sliced W1 over the project's 64
-directions = |delta| mean |cos angle|). Each rep draws a fresh sample (seed = rep) and computes every method's
+directions = |delta| mean |cos angle|). Class-histogram KL: labels drawn from known class shares, against uniform
+over the kept classes (truth: the population KL). Each rep draws a fresh sample (seed = rep) and computes every method's
 interval on it. Columns: the truth, medians over reps of the estimate and of the interval's ends, how many
 intervals covered the truth with a Wilson 95% interval on that share, the share of intervals that contain
 their own estimate, and the coverage after widening each interval to its estimate ("hull").
@@ -23,6 +24,7 @@ from scipy import stats
 from threadpoolctl import threadpool_limits
 
 from negguide.datasets.gmm import GaussianMixture
+from negguide.metrics.classes import kl_classes
 from negguide.metrics.distances import SLICES, wasserstein_to_mixture
 from negguide.metrics.frechet import FeatureStats, frechet_between, frechet_distance
 from negguide.metrics.intervals import DISTANCE, EITHER, Interval, bootstrap, half_sampling, resampled
@@ -67,6 +69,20 @@ def wasserstein_case(name: str, dim: int, delta: float) -> Case:
         return shift + np.random.default_rng(seed).standard_normal((n, dim))
 
     return Case(name, dim, draw, lambda x: wasserstein_to_mixture(x, target), truth)
+
+
+def kl_case(name: str, shares: tuple[float, ...], removed: int | None) -> Case:
+    """Labels drawn from the class shares; kl_classes (smoothed, +0.5) against uniform over the kept classes, whose
+    population value is KL(uniform || shares of the kept classes) (the smoothing vanishes as n grows)."""
+    shares_array = np.asarray(shares) / np.sum(shares)
+    kept = [c for c in range(len(shares)) if c != removed]
+    target = np.full(len(kept), 1.0 / len(kept))
+
+    def draw(n: int, seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).choice(len(shares), size=(n, 1), p=shares_array)
+
+    return Case(name, 1, draw, lambda x: kl_classes(x[:, 0], removed, len(shares)),
+                float(np.sum(target * (np.log(target) - np.log(shares_array[kept])))))
 
 
 def interval(method: str, of: Callable[[np.ndarray], float], n: int, resamples: int) -> Interval:
@@ -129,6 +145,13 @@ def plan() -> list[tuple[Case, int, int]]:
         for n in (256, 2048):
             cases.append((wasserstein_case(f"w1-{delta}", 1, delta), n, 1))
     cases.append((wasserstein_case("sliced-w1-0.5", 2, 0.5), 256, 4))  # 64 slices per evaluation: fewer reps
+    # Class-histogram KL: real digits (every class, uniform: truth 0), a guided run (0.5% forbidden, kept uniform),
+    # and a skewed guided run (kept shares 0.07-0.15)
+    skewed = (0.005, 0.07, 0.08, 0.09, 0.10, 0.11, 0.12, 0.13, 0.145, 0.15)
+    for case in (kl_case("kl-uniform-all", (0.1,) * 10, None), kl_case("kl-guided-0.5%", (0.005,) + (0.995 / 9,) * 9, 0),
+                 kl_case("kl-guided-skewed", skewed, 0)):
+        for n in (1000, 2048):
+            cases.append((case, n, 1))
     return cases
 
 
@@ -138,7 +161,7 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=200)
     parser.add_argument("--methods", default=f"percentile,basic,half-sampling,BCa,{EITHER}")
     parser.add_argument("--bca-max-n", type=int, default=256, help="BCa's jackknife costs n evaluations per interval: skip it above this n")
-    parser.add_argument("--only", default="", help="run only cases whose name starts with this (frechet, w1-, sliced)")
+    parser.add_argument("--only", default="", help="run only cases whose name starts with this (frechet, w1-, sliced, kl)")
     args = parser.parse_args()
     print(HEADER, flush=True)
     with threadpool_limits(1):  # small matrices: BLAS threads only contend (60 ms vs 1 ms per 64-d distance on 2 busy cores)

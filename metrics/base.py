@@ -10,7 +10,7 @@ import numpy as np
 from negguide.metrics.classes import kl_classes
 from negguide.metrics.distances import GaussianMixture, wasserstein_to_mixture
 from negguide.metrics.frechet import FeatureStats, frechet_statistic
-from negguide.metrics.intervals import EITHER, Statistic
+from negguide.metrics.intervals import DISTANCE, EITHER, Statistic
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,9 @@ def difference_of_means(name: str, first: np.ndarray, second: np.ndarray) -> Sta
 
 
 def class_kl(name: str, labels: np.ndarray, removed: int | None, classes: int, weights: np.ndarray | None = None) -> Statistic:
-    """KL(target || generated) of the labels' histogram over the kept classes, smoothed by +0.5 (percentile bootstrap)."""
-    return Statistic(name, len(labels), lambda i: kl_classes(labels[i], removed, classes, weights))
+    """KL(target || generated) of the labels' histogram over the kept classes, smoothed by +0.5 (basic bootstrap widened to
+    its estimate: a plug-in divergence, biased upward like the distances; metrics/intervals.py)."""
+    return Statistic(name, len(labels), lambda i: kl_classes(labels[i], removed, classes, weights), method=DISTANCE)
 
 
 def wasserstein(name: str, points: np.ndarray, target: GaussianMixture) -> Statistic:

@@ -18,6 +18,10 @@ distance is known in closed form (benchmarks/interval_coverage.py, 100 seeds eac
   (80% at W1 = 0.1, n = 256) where the percentile does better (85%), and the percentile never covers
   W1 = 0. Chosen: EITHER, the union of the two (symmetric about the estimate, floored at 0): 91-97%
   inside, about 82% at the boundary W1 = 0, where the naive bootstrap is known to be inconsistent.
+- Class-histogram KL (smoothed plug-in, biased upward the same way), labels drawn from known shares, n = 1,000
+  and 2,048, 1,000 resamples, 100 seeds: percentile coverage 0% at KL = 0 (every interval above the truth, 12%
+  above their own estimate), 24-52% at 0.005, 87-94% at 0.035; basic-hull 94-100% in every case and always
+  containing its estimate. Chosen: DISTANCE with 1,000 resamples (a KL costs a histogram).
 """
 from __future__ import annotations
 

@@ -93,3 +93,24 @@ def test_wasserstein_intervals_cover_where_the_percentile_cannot():
     assert stats.binomtest(w1_coverage(EITHER, 0.1, 40), 40, CONFIDENCE).pvalue > 1e-3
     assert w1_coverage(PERCENTILE, 0.0, 20) == 0
     assert w1_coverage(EITHER, 0.0, 20) >= 12  # Binomial(20, 0.82) is below 12 with probability 0.2%
+
+
+def test_class_kl_intervals_cover_near_zero_where_the_percentile_cannot():
+    """Labels uniform over ten classes (KL = 0, the real digits' case) and a guided run with 0.5% forbidden
+    (KL = log(1/0.995)): the registered kl_classes interval covers; the percentile interval never covers 0."""
+    from negguide.metrics.base import statistic
+    from negguide.metrics.intervals import bootstrap
+
+    for shares, removed, truth in (((0.1,) * 10, None, 0.0), ((0.005,) + (0.995 / 9,) * 9, 0, -np.log(0.995))):
+        covered = percentile_covered = contains = 0
+        for seed in range(40):
+            labels = np.random.default_rng(seed).choice(10, size=1000, p=shares)
+            found = statistic("kl_classes", labels=labels, removed=removed, classes=10)
+            interval, estimate = found.interval(), found.value()
+            covered += interval.low <= truth <= interval.high
+            contains += interval.low <= estimate <= interval.high
+            percentile = bootstrap(found.of, found.units, 200)
+            percentile_covered += percentile.low <= truth <= percentile.high
+        assert stats.binomtest(covered, 40, CONFIDENCE).pvalue > 1e-3 and contains == 40, (truth, covered)
+        if truth == 0.0:
+            assert percentile_covered == 0

@@ -31,7 +31,7 @@ def test_every_metric_has_a_direction_a_description_and_a_computation():
 
 @pytest.mark.parametrize("name, records, expected, method", [
     ("forbidden_rate", {"hits": LABELS == 3}, float(np.mean(LABELS == 3)), "wilson"),
-    ("kl_classes", {"labels": LABELS, "removed": 3, "classes": 10}, kl_classes(LABELS, 3, 10), PERCENTILE),
+    ("kl_classes", {"labels": LABELS, "removed": 3, "classes": 10}, kl_classes(LABELS, 3, 10), DISTANCE),
     ("fid_classifier", {"features": FEATURES, "reference": REFERENCE}, frechet_between(FeatureStats.of(FEATURES), REFERENCE), DISTANCE),
     ("wasserstein", {"points": POINTS, "target": GMM1D}, wasserstein_to_mixture(POINTS, GMM1D), EITHER),
     ("q", {"first": np.full(300, 0.8), "second": np.full(300, 0.5)}, 0.3, PERCENTILE),

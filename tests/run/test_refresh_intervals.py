@@ -31,7 +31,7 @@ def test_refresh_restores_every_interval_from_the_records(store_with_two_runs):
     assert ((metrics.low <= metrics.value) & (metrics.value <= metrics.high)).all()  # every interval contains its estimate again
     methods = dict(zip(metrics.name, metrics.interval))
     assert methods["wasserstein"] == "bootstrap-percentile-or-basic-200" and methods["forbidden_rate"] == "wilson"
-    assert methods["kl_classes"] == "bootstrap-percentile-1000"
+    assert methods["kl_classes"] == "bootstrap-basic-hull-1000"
     comparisons = store.comparison(*ids)
     assert done.comparisons == len(comparisons) > 0
     assert ((comparisons.diff_low <= comparisons["diff"]) & (comparisons["diff"] <= comparisons.diff_high)).all()
