@@ -65,6 +65,7 @@ STANDARD_CALIBRATED: dict[int, dict[str, str]] = {
     6: {"dng": "1.71875", "np": "0.625", "sld": "0.875"},
     7: {"dng": "1.875", "np": "0.53125", "sld": "0.875"},
     8: {"dng": "2.1875", "np": "0.625", "sld": "0.9375"},
+    9: {"dng": "2.5", "np": "0.75", "sld": "1.0625"},
 }
 CALIBRATED_SCALES: dict[int, dict[str, str]] = QUICK_CALIBRATED | STANDARD_CALIBRATED
 CALIBRATED_ON = {**dict.fromkeys(QUICK_CALIBRATED, "quick"), **dict.fromkeys(STANDARD_CALIBRATED, "standard")}
