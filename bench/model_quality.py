@@ -25,8 +25,10 @@ import torch
 from negguide.bench.run.plan import RunRequest, resolve
 from negguide.bench.run.shards import draw_shard, pick_device, runtime_for
 from negguide.bench.tasks.mnist import reference_stats
-from negguide.metrics.base import class_kl, frechet, share
+from negguide.metrics.base import class_kl
 from negguide.metrics.classes import class_histogram
+from negguide.metrics.frechet import frechet_statistic
+from negguide.metrics.intervals import Statistic
 from negguide.results.artifacts import image_grid_png
 
 CONFIDENT = 0.9
@@ -37,10 +39,10 @@ MODEL_FOLDERS = ("ddpm", "denoiser")  # the task detail that names the diffusion
 def figures(records: dict, judges_agree: np.ndarray) -> dict[str, dict]:
     """Each figure of the bar with its 95% interval and sample count."""
     labels = records["label"]
-    found = [share("confident_share", records["confidence"] > CONFIDENT),
+    found = [Statistic.share("confident_share", records["confidence"] > CONFIDENT),
              class_kl("kl_to_uniform", labels, None, 10),
-             frechet("fd_judge_all", records["features"], reference_stats(None)),
-             share("judges_agree", judges_agree)]
+             frechet_statistic("fd_judge_all", records["features"], reference_stats(None)),
+             Statistic.share("judges_agree", judges_agree)]
     out = {}
     for statistic in found:
         interval = statistic.interval()

@@ -9,7 +9,7 @@ import numpy as np
 
 from negguide.metrics.classes import kl_classes
 from negguide.metrics.distances import GaussianMixture, wasserstein_to_mixture
-from negguide.metrics.frechet import FeatureStats, frechet_statistic
+from negguide.metrics.frechet import frechet_statistic
 from negguide.metrics.intervals import DISTANCE, EITHER, Statistic
 
 
@@ -47,16 +47,6 @@ class MetricValue:
                 "low": self.low, "high": self.high, "interval": self.interval}
 
 
-def share(name: str, hits: np.ndarray) -> Statistic:
-    """share of units that are hits (Wilson interval)."""
-    return Statistic.share(name, hits)
-
-
-def mean(name: str, values: np.ndarray) -> Statistic:
-    """mean over units of one value each (percentile bootstrap)."""
-    return Statistic.mean(name, values)
-
-
 def difference_of_means(name: str, first: np.ndarray, second: np.ndarray) -> Statistic:
     """mean(first) - mean(second) over the same units (percentile bootstrap)."""
     first, second = np.asarray(first), np.asarray(second)  # their own dtype: a float32 score's mean stays float32, as before
@@ -84,29 +74,24 @@ def trace_mean(name: str, trace: np.ndarray, units: np.ndarray) -> Statistic:
     return Statistic(name, len(units), lambda i: float(trace[:, units[i]].mean()))
 
 
-def frechet(name: str, features: np.ndarray, reference: FeatureStats) -> Statistic:
-    """Fréchet distance of the samples' features to a reference's (basic bootstrap widened to its estimate)."""
-    return frechet_statistic(name, features, reference)
-
-
 _INFOS = [
-    MetricInfo("forbidden_rate", False, "share of samples the judge assigns to the removed class or mode", share),
+    MetricInfo("forbidden_rate", False, "share of samples the judge assigns to the removed class or mode", Statistic.share),
     MetricInfo("kl_classes", False, "KL(target || generated) of the class histogram; target uniform over the kept classes (exact tasks: the kept modes' weights); generated counts smoothed by +0.5", class_kl),
     MetricInfo("wasserstein", False, "Wasserstein-1 between samples and the exact target distribution (1D exact; 2D sliced over 64 directions)", wasserstein),
     MetricInfo("posterior_mae", False, "mean |tracked - exact| posterior of the removed mode over the trajectory (methods that track one)", posterior_error),
-    MetricInfo("fid", False, "Frechet Inception distance to the data without the removed class (torch-fidelity features)", frechet),
-    MetricInfo("fid_all", False, "Frechet Inception distance to all the data, removed class included", frechet),
-    MetricInfo("fid_classifier", False, "Frechet distance in the task classifier's feature space, data without the removed class", frechet),
-    MetricInfo("clip_related", True, "CLIP cosine between guided and unguided images, related negative prompt (raw cosine)", mean),
-    MetricInfo("clip_unrelated", True, "CLIP cosine between guided and unguided images, unrelated negative prompt (raw cosine)", mean),
+    MetricInfo("fid", False, "Frechet Inception distance to the data without the removed class (torch-fidelity features)", frechet_statistic),
+    MetricInfo("fid_all", False, "Frechet Inception distance to all the data, removed class included", frechet_statistic),
+    MetricInfo("fid_classifier", False, "Frechet distance in the task classifier's feature space, data without the removed class", frechet_statistic),
+    MetricInfo("clip_related", True, "CLIP cosine between guided and unguided images, related negative prompt (raw cosine)", Statistic.mean),
+    MetricInfo("clip_unrelated", True, "CLIP cosine between guided and unguided images, unrelated negative prompt (raw cosine)", Statistic.mean),
     MetricInfo("q", True, "Q = CS(unguided, unrelated) - CS(unguided, related) (paper Eq. 22)", difference_of_means),
-    MetricInfo("concept_unguided", False, "share of unguided reference images in which the CLIP zero-shot judge sees the related negative concept (negative prompt vs a neutral text, p > 0.5); method-independent baseline for forbidden_rate", share),
+    MetricInfo("concept_unguided", False, "share of unguided reference images in which the CLIP zero-shot judge sees the related negative concept (negative prompt vs a neutral text, p > 0.5); method-independent baseline for forbidden_rate", Statistic.share),
     MetricInfo("guidance_related", True, "mean traced guidance scale over steps and related-arm samples (diagnostic: guidance should engage)", trace_mean),
     MetricInfo("guidance_unrelated", False, "mean traced guidance scale over steps and unrelated-arm samples (should switch off)", trace_mean),
-    MetricInfo("change_related", True, "mean L2 distance between related-arm samples and their unguided twins (same noise)", mean),
-    MetricInfo("change_unrelated", False, "mean L2 distance between unrelated-arm samples and their unguided twins (should be 0)", mean),
-    MetricInfo("modes_changed_related", True, "share of related-arm samples whose mode differs from their unguided twin's", share),
-    MetricInfo("modes_changed_unrelated", False, "share of unrelated-arm samples whose mode differs from their unguided twin's (should be 0)", share),
+    MetricInfo("change_related", True, "mean L2 distance between related-arm samples and their unguided twins (same noise)", Statistic.mean),
+    MetricInfo("change_unrelated", False, "mean L2 distance between unrelated-arm samples and their unguided twins (should be 0)", Statistic.mean),
+    MetricInfo("modes_changed_related", True, "share of related-arm samples whose mode differs from their unguided twin's", Statistic.share),
+    MetricInfo("modes_changed_unrelated", False, "share of unrelated-arm samples whose mode differs from their unguided twin's (should be 0)", Statistic.share),
     MetricInfo("q_modes", True, "exact analogue of Q (Eq. 22) with similarity = same mode as the unguided twin: modes_changed_related - modes_changed_unrelated", difference_of_means),
     MetricInfo("w1_related", False, "sliced Wasserstein-1 of the related arm to its ideal outcome: the positive set without the related mode", wasserstein),
     MetricInfo("w1_unrelated", False, "sliced Wasserstein-1 of the unrelated arm to its ideal outcome: the positive set unchanged", wasserstein),

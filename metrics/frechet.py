@@ -59,5 +59,5 @@ def frechet_between(a: FeatureStats, b: FeatureStats) -> float:
 
 
 def frechet_statistic(name: str, features: np.ndarray, reference: FeatureStats) -> Statistic:
-    """The Frechet distance of a feature set to a reference, as a distance statistic over samples (metrics/intervals.py)."""
+    """Fréchet distance of the samples' features to a reference's (basic bootstrap widened to its estimate; metrics/intervals.py)."""
     return Statistic.distance(name, len(features), lambda index: frechet_between(FeatureStats.of(features[index]), reference))

@@ -68,11 +68,13 @@ class Statistic:
 
     @classmethod
     def share(cls, name: str, hits: np.ndarray) -> "Statistic":
+        """share of units that are hits (Wilson interval)."""
         hits = np.asarray(hits, dtype=bool)
         return cls(name, len(hits), lambda index: float(hits[index].mean()) if len(index) else float("nan"), hits=hits)
 
     @classmethod
     def mean(cls, name: str, values: np.ndarray) -> "Statistic":
+        """mean over units of one value each (percentile bootstrap)."""
         values = np.asarray(values, dtype=np.float64)
         return cls(name, len(values), lambda index: float(values[index].mean()) if len(index) else float("nan"))
 

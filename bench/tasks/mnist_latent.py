@@ -68,7 +68,6 @@ STANDARD_CALIBRATED: dict[int, dict[str, str]] = {
     9: {"dng": "2.5", "np": "0.75", "sld": "1.0625"},
 }
 CALIBRATED_SCALES: dict[int, dict[str, str]] = QUICK_CALIBRATED | STANDARD_CALIBRATED
-CALIBRATED_ON = {**dict.fromkeys(QUICK_CALIBRATED, "quick"), **dict.fromkeys(STANDARD_CALIBRATED, "standard")}
 UNCALIBRATED = "DNG with the paper's MNIST parameters; scales are the methods' own defaults (not calibrated for this digit)"
 
 
@@ -77,7 +76,7 @@ def defaults_source(removed: int) -> str:
     if removed not in CALIBRATED_SCALES:
         return UNCALIBRATED
     return (f"DNG with the paper's MNIST parameters; every scale calibrated to a 1% forbidden share (upper 95% bound) on the "
-            f"{CALIBRATED_ON[removed]} protocol, each the smallest the bisection found, to 10%")
+            f"{'quick' if removed in QUICK_CALIBRATED else 'standard'} protocol, each the smallest the bisection found, to 10%")
 
 
 def method_defaults(removed: int) -> tuple:
